@@ -1,0 +1,43 @@
+# Sluice: `make run` starts the gateway on pipeline.conf; `make test` runs every test.
+SWIFT ?= swift
+CONFIG ?= pipeline.conf
+PYTHON ?= /usr/bin/python3
+BIN := .build/debug/sluice
+
+.PHONY: all build release run test unit-test integration-test bench check-config clean
+
+all: build
+
+build:
+	$(SWIFT) build
+
+release:
+	$(SWIFT) build -c release
+
+run:
+	scripts/install-deps.sh run
+	$(SWIFT) build
+	$(BIN) run --config $(CONFIG)
+
+check-config: build
+	$(BIN) check-config --config $(CONFIG)
+
+test:
+	scripts/install-deps.sh test
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+	SLUICE_BIN=$(CURDIR)/$(BIN) $(PYTHON) -m pytest -q -p no:cacheprovider Tests/integration
+
+unit-test:
+	$(SWIFT) test
+
+integration-test: build
+	SLUICE_BIN=$(CURDIR)/$(BIN) $(PYTHON) -m pytest -q -p no:cacheprovider Tests/integration
+
+bench:
+	scripts/install-deps.sh bench
+	$(SWIFT) build -c release
+	SLUICE_BIN=$(CURDIR)/.build/release/sluice bash scripts/bench/run.sh
+
+clean:
+	rm -rf .build var

@@ -1,0 +1,56 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "Sluice",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "sluice", targets: ["sluice"]),
+        /// The public API for stage authors: depend on this to write a stage.
+        .library(name: "SluiceStageAPI", targets: ["SluiceStageAPI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
+    ],
+    targets: [
+        .target(name: "SMTPCore"),
+        .target(name: "SluiceStageAPI", dependencies: [
+            "SMTPCore",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "SluicePipeline", dependencies: [
+            "SMTPCore", "SluiceStageAPI",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "SluiceSpool", dependencies: [
+            "SMTPCore", "SluiceStageAPI", "SluicePipeline",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "SluiceServer", dependencies: [
+            "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceSpool",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "SluiceStages", dependencies: ["SMTPCore", "SluiceStageAPI"]),
+        .target(name: "SluiceRuntime", dependencies: [
+            "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceSpool", "SluiceServer", "SluiceStages",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "TOMLKit", package: "TOMLKit"),
+        ]),
+        .executableTarget(name: "sluice", dependencies: [
+            "SluiceRuntime", "SluiceSpool", "SluiceStageAPI", "SluicePipeline",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+    ]
+)

@@ -1,0 +1,67 @@
+import SMTPCore
+import SluiceStageAPI
+
+/// The message as edited so far at end of message: header section, envelope and body source.
+public struct MessageDraft: Sendable {
+    public var headers: [HeaderField]
+    /// True once an edit touched the header section (the spool then writes the edited one).
+    public private(set) var headersChanged = false
+    public var sender: ReversePath
+    public var senderParameters: [ESMTPParameter] = []
+    public var recipients: [Recipient]
+    /// Set by `replaceBody`: the file that now holds the body.
+    public private(set) var replacementBodyPath: String?
+
+    public init(headers: [HeaderField], sender: ReversePath, recipients: [Recipient]) {
+        self.headers = headers
+        self.sender = sender
+        self.recipients = recipients
+    }
+
+    /// Index into `headers` of the `occurrence`-th (1-based) field named `name`.
+    private func index(of name: String, occurrence: Int) -> Int? {
+        guard occurrence >= 1 else { return nil }
+        var seen = 0
+        for (i, h) in headers.enumerated() where h.name.caseInsensitiveEquals(name) {
+            seen += 1
+            if seen == occurrence { return i }
+        }
+        return nil
+    }
+
+    /// Applies one edit. Header edits follow milter semantics: changing a field that does not
+    /// exist adds it; changing to an empty value deletes it.
+    public mutating func apply(_ edit: MessageEdit) {
+        switch edit {
+        case .addHeader(let name, let value):
+            headers.append(.make(name: name, value: value))
+            headersChanged = true
+        case .insertHeader(let index, let name, let value):
+            headers.insert(.make(name: name, value: value), at: min(max(index, 0), headers.count))
+            headersChanged = true
+        case .changeHeader(let name, let occurrence, let value):
+            if let i = index(of: name, occurrence: occurrence) {
+                if value.isEmpty { headers.remove(at: i) } else { headers[i] = .make(name: headers[i].name, value: value) }
+            } else if !value.isEmpty {
+                headers.append(.make(name: name, value: value))
+            }
+            headersChanged = true
+        case .deleteHeader(let name, let occurrence):
+            if let i = index(of: name, occurrence: occurrence) {
+                headers.remove(at: i)
+                headersChanged = true
+            }
+        case .addRecipient(let mailbox, let parameters):
+            if !recipients.contains(where: { $0.mailbox == mailbox }) {
+                recipients.append(Recipient(mailbox, parameters: parameters))
+            }
+        case .deleteRecipient(let mailbox):
+            recipients.removeAll { $0.mailbox.localPart == mailbox.localPart && $0.mailbox.normalizedDomain == mailbox.normalizedDomain }
+        case .changeSender(let path, let parameters):
+            sender = path
+            senderParameters = parameters
+        case .replaceBody(let path):
+            replacementBodyPath = path
+        }
+    }
+}

@@ -1,0 +1,110 @@
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import SluicePipeline
+import SluiceServer
+import SluiceSpool
+import SluiceStageAPI
+
+/// The whole gateway: the SMTP listeners and the delivery agent, meeting only at the spool.
+public final class Gateway: Sendable {
+    public let config: GatewayConfig.Resolved
+    public let chain: StageChain
+    let spool: Spool
+    let delivery: DeliveryAgent
+    let server: SMTPServer
+    let threadPool: NIOThreadPool
+    let logger: Logger
+
+    public init(config: GatewayConfig, registry: StageRegistry, logger: Logger) throws {
+        self.logger = logger
+        self.config = config.resolved
+        chain = try registry.buildChain(config, logger: logger)
+        threadPool = NIOThreadPool(numberOfThreads: 16)
+        threadPool.start()
+        spool = Spool(layout: SpoolLayout(root: config.spool), threadPool: threadPool, minFreeBytes: UInt64(config.minFreeBytes))
+        var deliveryLogger = logger
+        deliveryLogger[metadataKey: "component"] = "delivery"
+        let delivery = DeliveryAgent(spool: spool, hostname: config.hostname, concurrency: config.deliveryConcurrency, logger: deliveryLogger)
+        self.delivery = delivery
+
+        var session = SessionConfiguration(hostname: config.hostname, routes: RouteTable(config.routes))
+        session.maxRecipients = config.maxRecipients
+        session.maxErrors = config.maxErrors
+        session.maxMessageBytes = min(config.maxMessageBytes, chain.messageSizeLimit ?? Int.max)
+        session.disconnectOnPipeliningViolation = config.disconnectOnPipeliningViolation
+        session.stageKeywords = chain.ehloKeywords
+        session.hookedPhases = Set(StagePhase.allCases.filter(chain.hooks))
+        session.makeQueueID = QueueID.make
+        var smtpLogger = logger
+        smtpLogger[metadataKey: "component"] = "smtpd"
+        let context = ServerContext(
+            session: session, chain: chain, spool: spool, onQueued: { delivery.enqueue($0) },
+            tracker: ConnectionTracker(maxTotal: config.maxConnections, maxPerAddress: config.maxConnectionsPerIP),
+            logger: smtpLogger, relayFrom: config.relayFrom,
+            commandTimeout: .seconds(Int64(config.commandTimeoutSeconds)), dataTimeout: .seconds(Int64(config.dataTimeoutSeconds)),
+            greetPause: .milliseconds(Int64(config.greetPauseMilliseconds)),
+            commandLineLimit: config.commandLineLimit, textLineLimit: config.textLineLimit
+        )
+        server = SMTPServer(context: context, addresses: config.listeners, group: MultiThreadedEventLoopGroup.singleton)
+    }
+
+    /// Recovers the spool, binds the listeners, and runs until SIGTERM/SIGINT; then stops
+    /// accepting, lets open transactions finish (bounded), drains delivery and returns.
+    public func run() async throws {
+        let queued = try await threadPool.runIfActive { [spool, logger] in try spool.recover(logger: logger) }
+        if !queued.isEmpty { logger.info("recovered queued messages", metadata: ["count": "\(queued.count)"]) }
+        for id in queued { delivery.enqueue(id) }
+        let listeners = try await server.bind()
+        logger.info("sluice started", metadata: [
+            "hostname": "\(config.hostname)", "stages": "\(chain.entries.map(\.name).joined(separator: ","))",
+            "tls": "off (not configured)",
+        ])
+        let smtp = SMTPService(server: server, listeners: listeners, grace: .seconds(config.shutdownGraceSeconds))
+        let deliveryService = DeliveryService(agent: delivery)
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: deliveryService), .init(service: smtp)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
+        ))
+        try await group.run()
+        try await threadPool.shutdownGracefully()
+        logger.info("sluice stopped")
+    }
+}
+
+extension GatewayConfig {
+    /// The few settings the running gateway keeps.
+    public struct Resolved: Sendable {
+        public var hostname: String
+        public var shutdownGraceSeconds: Int
+    }
+
+    var resolved: Resolved { Resolved(hostname: hostname, shutdownGraceSeconds: shutdownGraceSeconds) }
+}
+
+/// The listeners as a service: on graceful shutdown, stop accepting and drain sessions.
+struct SMTPService: Service {
+    let server: SMTPServer
+    let listeners: [any Channel]
+    let grace: Duration
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await server.shutdown(listeners: listeners, grace: grace)
+    }
+}
+
+/// Delivery as a service: stops after the SMTP side has (services stop in reverse order).
+struct DeliveryService: Service {
+    let agent: DeliveryAgent
+
+    func run() async throws {
+        await withGracefulShutdownHandler {
+            await agent.run()
+        } onGracefulShutdown: {
+            agent.finish()
+        }
+    }
+}

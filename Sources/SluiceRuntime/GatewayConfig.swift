@@ -1,0 +1,183 @@
+import Foundation
+import NIOCore
+import SluicePipeline
+import SluiceServer
+import SluiceSpool
+import SluiceStageAPI
+
+/// Everything `pipeline.conf` says, checked and typed. Relative paths resolve against the
+/// directory of the config file.
+///
+/// `[server]` keys:
+/// - `hostname` (default: the machine's name): greeting, Received, EHLO.
+/// - `spool` (default `"var/spool"`): the spool root.
+/// - `relay_from` (default `[]`): CIDRs whose clients may use a `"*"` route.
+/// - `max_recipients` (100), `max_errors` (10), `max_connections` (1000), `max_connections_per_ip` (50).
+/// - `command_timeout_s` (300), `data_timeout_s` (180): idle limits, RFC 5321 4.5.3.2.
+/// - `max_message_bytes` (52428800): the hard size cap; a size-limit stage may lower it.
+/// - `command_line_limit` (512), `text_line_limit` (1000): RFC 5321 4.5.3.1 line limits.
+/// - `greet_pause_ms` (0): wait before the greeting; a client that talks first is refused (554 5.5.0).
+/// - `pipelining_violation` (`"disconnect"` | `"allow"`): input after DATA before the 354.
+/// - `min_free_bytes` (104857600): below this free space on the spool, MAIL gets 452 4.3.1.
+/// - `shutdown_grace_s` (30): how long open transactions may run after SIGTERM.
+/// - `delivery_concurrency` (8): parallel deliveries.
+/// - `log_level` (`"info"`): trace, debug, info, notice, warning, error, critical.
+///
+/// `[[listener]]`: `address` (`"127.0.0.1:2525"`, `"[::1]:2525"`).
+/// `[[route]]`: `domains` (names, or `"*"` for trusted clients only), `to` (`"maildir:PATH"`).
+/// `[[stage]]`: `use` (a registered stage), `name` (default: `use`), `timeout_ms` (30000),
+/// `on_error` (`"tempfail"` | `"accept"` | `"reject"`), and the stage's own keys.
+public struct GatewayConfig {
+    public struct StageSpec {
+        public var kind: String
+        public var name: String
+        public var timeout: Duration
+        public var onError: FailurePolicy
+        public var table: ConfigTable
+    }
+
+    public var file: String
+    public var directory: String
+    public var hostname: String
+    public var spool: String
+    public var relayFrom: [CIDR]
+    public var maxRecipients: Int
+    public var maxErrors: Int
+    public var maxConnections: Int
+    public var maxConnectionsPerIP: Int
+    public var commandTimeoutSeconds: Int
+    public var dataTimeoutSeconds: Int
+    public var maxMessageBytes: Int
+    public var commandLineLimit: Int
+    public var textLineLimit: Int
+    public var greetPauseMilliseconds: Int
+    public var disconnectOnPipeliningViolation: Bool
+    public var minFreeBytes: Int
+    public var shutdownGraceSeconds: Int
+    public var deliveryConcurrency: Int
+    public var logLevel: String
+    public var listeners: [SocketAddress]
+    public var listenerTexts: [String]
+    public var routes: [RouteTable.Route]
+    public var stages: [StageSpec]
+
+    public static func load(path: String) throws -> GatewayConfig {
+        let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        return try GatewayConfig(file: try ConfigFile(path: absolute))
+    }
+
+    public init(file: ConfigFile) throws {
+        self.file = file.path
+        self.directory = (file.path as NSString).deletingLastPathComponent
+        let root = file.table("", file.root)
+        func tables(_ key: String) throws -> [[String: ConfigValue]] {
+            guard let v = root.value(key) else { return [] }
+            guard case .array(let items) = v else { throw root.error(key, "expected [[\(key)]] tables") }
+            return try items.map {
+                guard case .table(let t) = $0 else { throw root.error(key, "expected [[\(key)]] tables") }
+                return t
+            }
+        }
+        var serverValues: [String: ConfigValue] = [:]
+        if let v = root.value("server") {
+            guard case .table(let t) = v else { throw root.error("server", "expected a [server] table") }
+            serverValues = t
+        }
+        let listenerTables = try tables("listener")
+        let routeTables = try tables("route")
+        let stageTables = try tables("stage")
+        try root.finish()
+
+        let server = file.table("server", serverValues)
+        let defaultHost = ProcessInfo.processInfo.hostName
+        hostname = try server.string("hostname", default: defaultHost.isEmpty ? "localhost" : defaultHost)
+        guard !hostname.isEmpty, hostname.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" }) else {
+            throw server.error("hostname", "'\(hostname)' is not a host name")
+        }
+        let dir = directory
+        func resolve(_ p: String) -> String { p.hasPrefix("/") ? p : dir + "/" + p }
+        spool = resolve(try server.string("spool", default: "var/spool"))
+        relayFrom = try server.strings("relay_from", default: []).map { text in
+            guard let c = CIDR(text) else { throw server.error("relay_from", "'\(text)' is not an address or CIDR") }
+            return c
+        }
+        maxRecipients = try server.int("max_recipients", default: 100, range: 1...100_000)
+        maxErrors = try server.int("max_errors", default: 10, range: 1...10_000)
+        maxConnections = try server.int("max_connections", default: 1000, range: 1...1_000_000)
+        maxConnectionsPerIP = try server.int("max_connections_per_ip", default: 50, range: 1...1_000_000)
+        commandTimeoutSeconds = try server.int("command_timeout_s", default: 300, range: 1...86_400)
+        dataTimeoutSeconds = try server.int("data_timeout_s", default: 180, range: 1...86_400)
+        maxMessageBytes = try server.int("max_message_bytes", default: 52_428_800, range: 1...Int(Int32.max))
+        commandLineLimit = try server.int("command_line_limit", default: 512, range: 512...65_536)
+        textLineLimit = try server.int("text_line_limit", default: 1000, range: 1000...1_000_000)
+        greetPauseMilliseconds = try server.int("greet_pause_ms", default: 0, range: 0...60_000)
+        disconnectOnPipeliningViolation = try server.choice("pipelining_violation", ["disconnect", "allow"], default: "disconnect") == "disconnect"
+        minFreeBytes = try server.int("min_free_bytes", default: 104_857_600, range: 0...Int.max)
+        shutdownGraceSeconds = try server.int("shutdown_grace_s", default: 30, range: 0...3600)
+        deliveryConcurrency = try server.int("delivery_concurrency", default: 8, range: 1...256)
+        logLevel = try server.choice("log_level", ["trace", "debug", "info", "notice", "warning", "error", "critical"], default: "info")
+        try server.finish()
+
+        listeners = []
+        listenerTexts = []
+        for (i, values) in listenerTables.enumerated() {
+            let t = file.table("listener[\(i + 1)]", values)
+            guard let address = try t.string("address") else { throw t.error("address", "missing (e.g. \"127.0.0.1:2525\")") }
+            guard let socket = Self.socketAddress(address) else {
+                throw t.error("address", "'\(address)' is not host:port with an IP address (IPv6 as \"[::1]:2525\")")
+            }
+            try t.finish()
+            listeners.append(socket)
+            listenerTexts.append(address)
+        }
+        if listeners.isEmpty {
+            throw ConfigError(file: file.path, line: nil, key: "listener", message: "at least one [[listener]] with an address is needed")
+        }
+
+        routes = []
+        for (i, values) in routeTables.enumerated() {
+            let t = file.table("route[\(i + 1)]", values)
+            let domains = try t.strings("domains", default: [])
+            guard !domains.isEmpty else { throw t.error("domains", "missing or empty") }
+            for d in domains where d != "*" {
+                guard !d.isEmpty, !d.contains("@"), !d.contains(" "), !d.hasPrefix("*") else {
+                    throw t.error("domains", "'\(d)' is not a domain name (use \"*\" alone for any domain)")
+                }
+            }
+            guard let to = try t.string("to") else { throw t.error("to", "missing (e.g. \"maildir:var/mail\")") }
+            guard let destination = Destination(parsing: to, baseDirectory: directory) else {
+                throw t.error("to", "'\(to)' is not a supported destination (this version delivers to \"maildir:PATH\")")
+            }
+            try t.finish()
+            routes.append(RouteTable.Route(domains: domains, destination: destination.description))
+        }
+
+        stages = []
+        for (i, values) in stageTables.enumerated() {
+            let t = file.table("stage[\(i + 1)]", values)
+            guard let kind = try t.string("use") else { throw t.error("use", "missing: which stage to run") }
+            let name = try t.string("name", default: kind)
+            let timeout = try t.int("timeout_ms", default: 30_000, range: 1...3_600_000)
+            let policy = try t.choice("on_error", FailurePolicy.allCases.map(\.rawValue), default: "tempfail")
+            stages.append(StageSpec(kind: kind, name: name, timeout: .milliseconds(timeout), onError: FailurePolicy(rawValue: policy)!, table: t))
+        }
+    }
+
+    static func socketAddress(_ text: String) -> SocketAddress? {
+        var host = Substring(text)
+        var port: Substring
+        if host.hasPrefix("[") {
+            guard let close = host.firstIndex(of: "]") else { return nil }
+            let rest = host[host.index(after: close)...]
+            guard rest.hasPrefix(":") else { return nil }
+            port = rest.dropFirst()
+            host = host[host.index(after: host.startIndex)..<close]
+        } else {
+            guard let colon = host.lastIndex(of: ":") else { return nil }
+            port = host[host.index(after: colon)...]
+            host = host[..<colon]
+        }
+        guard let p = Int(port), (0...65535).contains(p) else { return nil }
+        return try? SocketAddress(ipAddress: String(host), port: p)
+    }
+}

@@ -1,0 +1,42 @@
+import Logging
+import SluicePipeline
+import SluiceStageAPI
+import SluiceStages
+
+/// The stages `pipeline.conf` can name, by `use`.
+public struct StageRegistry: Sendable {
+    private var factories: [String: StageFactory] = [:]
+    public private(set) var names: [String] = []
+
+    public init(_ factories: [StageFactory] = BuiltinStages.all) {
+        for f in factories { register(f) }
+    }
+
+    public mutating func register(_ factory: StageFactory) {
+        if factories[factory.name] == nil { names.append(factory.name) }
+        factories[factory.name] = factory
+    }
+
+    public func factory(_ name: String) -> StageFactory? { factories[name] }
+
+    /// Makes every configured stage and the checked chain.
+    public func buildChain(_ config: GatewayConfig, logger: Logger) throws -> StageChain {
+        var entries: [StageEntry] = []
+        for spec in config.stages {
+            guard let factory = factories[spec.kind] else {
+                throw spec.table.error("use", "unknown stage '\(spec.kind)' (known: \(names.joined(separator: ", ")))")
+            }
+            var stageLogger = logger
+            stageLogger[metadataKey: "stage"] = "\(spec.name)"
+            let environment = StageEnvironment(hostname: config.hostname, configDirectory: config.directory, logger: stageLogger)
+            let stage = try factory.makeStage(config: spec.table, environment: environment)
+            try spec.table.finish()
+            entries.append(StageEntry(name: spec.name, kind: spec.kind, stage: stage, timeout: spec.timeout, onError: spec.onError))
+        }
+        do {
+            return try StageChain(entries)
+        } catch {
+            throw ConfigError(file: config.file, line: nil, key: "stage", message: error.message)
+        }
+    }
+}

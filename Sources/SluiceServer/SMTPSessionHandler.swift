@@ -1,0 +1,528 @@
+import Logging
+import NIOCore
+import SMTPCore
+import SluicePipeline
+import SluiceSpool
+import SluiceStageAPI
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Carries out a `SessionStateMachine`'s actions on a channel: frames input, runs stage phases
+/// off the event loop, streams message data into the spool, batches replies per read, and keeps
+/// the timers. Reading is paused (`autoRead` off) while the session waits on stages or the disk,
+/// so a pipelining client cannot make the session buffer without bound.
+final class SMTPSessionHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let server: ServerContext
+    private var machine: SessionStateMachine!
+    private var framer: SMTPFramer
+    private var inbound = ByteBuffer()
+    private var outbound = ByteBuffer()
+    private var context: ChannelHandlerContext!
+    private var logger: Logger
+
+    /// Waiting on stages or the disk: input stays buffered until the work completes.
+    private var busy = false
+    private var closing = false
+    private var greeted = false
+    private var registered = false
+    private var clientAddress = "?"
+    private var shutdownRequested = false
+
+    // The message being received.
+    private var draft: SpoolDraft?
+    private var dataSize = 0
+    private var storeChunk = true
+    private var bdatChunkSize: UInt64 = 0
+    private var dataVerdict: StageVerdict = .continue
+    private var dataHeaderBuffer: [UInt8] = []
+    private var dataHeadersSent = false
+    private var trace: [TraceEntry] = []
+    private var sessionTrace: [TraceEntry] = []
+
+    // Timers.
+    private var lastActivity = NIODeadline.now()
+    private var timer: Scheduled<Void>?
+
+    init(server: ServerContext) {
+        self.server = server
+        self.framer = SMTPFramer(commandLineLimit: server.commandLineLimit, textLineLimit: server.textLineLimit)
+        self.logger = server.logger
+    }
+
+    // MARK: Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        inbound = context.channel.allocator.buffer(capacity: 1024)
+        outbound = context.channel.allocator.buffer(capacity: 1024)
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let remote = context.channel.remoteAddress
+        let local = context.channel.localAddress
+        clientAddress = remote?.ipAddress ?? "?"
+        let sessionID = server.session.makeQueueID()
+        logger[metadataKey: "session"] = "\(sessionID)"
+        logger[metadataKey: "client"] = "\(clientAddress)"
+        let trusted = server.relayFrom.contains { $0.contains(clientAddress) }
+        let info = SessionInfo(
+            id: sessionID, clientAddress: clientAddress, clientPort: remote?.port ?? 0,
+            serverAddress: local?.ipAddress ?? "?", serverPort: local?.port ?? 0,
+            serverHostname: server.session.hostname, trustedClient: trusted
+        )
+        machine = SessionStateMachine(configuration: server.session, session: info)
+
+        guard server.tracker.open(clientAddress) else {
+            logger.notice("connection refused: too many connections")
+            send([SMTPReply(421, "4.7.0", "\(server.session.hostname) Error: too many connections")], close: true)
+            return
+        }
+        registered = true
+        server.register(context.channel)
+        if server.isShuttingDown {
+            send([SMTPReply(421, "4.3.2", "\(server.session.hostname) Service shutting down")], close: true)
+            return
+        }
+        armTimer()
+        if server.greetPause.nanoseconds > 0 {
+            let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            context.eventLoop.scheduleTask(in: server.greetPause) { bound.value.greet() }
+            context.read()
+        } else {
+            greet()
+        }
+    }
+
+    private func greet() {
+        guard !closing else { return }
+        greeted = true
+        perform(machine.connected())
+        process()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        draft?.discard()
+        draft = nil
+        if registered {
+            server.tracker.close(clientAddress)
+            server.unregister(context.channel)
+            registered = false
+            if server.chain.hooks(.disconnect), let session = machine?.session {
+                let chain = server.chain
+                Task { await chain.disconnect(session: session) }
+            }
+        }
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        lastActivity = .now()
+        guard !closing else { return }
+        if !greeted {
+            perform(machine.clientTalkedFirst())
+            flush()
+            return
+        }
+        inbound.writeBuffer(&bytes)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        process()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ShutdownRequested {
+            shutdownRequested = true
+            // Idle between commands: answer now. Otherwise the next command gets the 421.
+            if !busy && framer.isReadingCommands && inbound.readableBytes == 0 && !closing && greeted {
+                send([SMTPReply(421, "4.3.2", "\(server.session.hostname) Service shutting down, closing connection")], close: true)
+            }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.debug("channel error", metadata: ["error": "\(error)"])
+        closing = true
+        context.close(promise: nil)
+    }
+
+    // MARK: Input processing
+
+    /// Handles buffered frames until one needs async work or more input, then flushes replies
+    /// (one write per batch, RFC 2920) and asks for more input if idle.
+    private func process() {
+        while !busy && !closing {
+            guard let frame = framer.next(&inbound) else { break }
+            handle(frame)
+        }
+        if inbound.readerIndex > 4096 { inbound.discardReadBytes() }
+        flush()
+        if !busy && !closing { context.read() }
+    }
+
+    private func handle(_ frame: SMTPFrame) {
+        switch frame {
+        case .command(let line):
+            perform(machine.commandLine(line, pipelinedInput: inbound.readableBytes > 0, shuttingDown: shutdownRequested))
+        case .commandTooLong:
+            perform(machine.commandLine(nil, pipelinedInput: false, shuttingDown: shutdownRequested))
+        case .dataChunk(let chunk):
+            receive(chunk)
+        case .dataEnd:
+            perform(machine.dataFinished(outcome))
+        case .bdatChunk(let chunk):
+            if storeChunk { receive(chunk) }
+        case .bdatEnd:
+            if storeChunk && isLastChunk { framer.finishBDATMessage() }
+            perform(machine.bdatChunkRead(chunkSize: bdatChunkSize, outcome: outcome))
+        }
+        // A transaction that ended (RSET, refusal, new HELO) leaves no temp file behind.
+        if draft != nil && machine.transaction == nil {
+            draft?.discard()
+            draft = nil
+        }
+    }
+
+    private var isLastChunk = false
+
+    private var outcome: SessionStateMachine.DataOutcome {
+        SessionStateMachine.DataOutcome(size: dataSize, flags: framer.flags, stageVerdict: dataVerdict)
+    }
+
+    /// Stores a chunk of message data (unless the message is already too big) and feeds data-phase stages.
+    private func receive(_ chunk: ByteBuffer) {
+        dataSize += chunk.readableBytes
+        guard dataSize <= server.session.maxMessageBytes, let draft else { return }
+        draft.append(chunk)
+        if server.chain.hooks(.data), case .continue = dataVerdict {
+            feedDataStages(chunk)
+        }
+        if draft.shouldFlush && !busy {
+            wait(draft.flush()) { handler, result in
+                if case .failure(let error) = result {
+                    handler.logger.error("spool write failed", metadata: ["error": "\(error)"])
+                    handler.dataVerdict = .tempfail(451, "4.3.0", "Error: queue file write error")
+                    handler.draft = nil
+                }
+            }
+        }
+    }
+
+    /// The data phase: the header section once complete, then each body chunk.
+    private func feedDataStages(_ chunk: ByteBuffer) {
+        guard let session = machine?.session, let tx = machine.transactionInfo else { return }
+        let chain = server.chain
+        if !dataHeadersSent {
+            dataHeaderBuffer += chunk.readableBytesView
+            let section = HeaderSection.parse(dataHeaderBuffer)
+            guard section.complete || dataHeaderBuffer.count > SpoolDraft.headerPrefixLimit else { return }
+            dataHeadersSent = true
+            let bodyChunk = Array(dataHeaderBuffer[min(section.bodyOffset, dataHeaderBuffer.count)...])
+            dataHeaderBuffer = []
+            let fields = section.fields
+            runAsync({ () async -> StageChain.PhaseResult in
+                let h = await chain.headers(fields, session: session, transaction: tx)
+                guard case .continue = h.verdict, !bodyChunk.isEmpty else { return h }
+                let b = await chain.bodyChunk(bodyChunk, session: session, transaction: tx)
+                return StageChain.PhaseResult(verdict: b.verdict, trace: h.trace + b.trace)
+            }) { handler, result in
+                handler.trace += result.trace
+                handler.dataVerdict = result.verdict
+            }
+            return
+        }
+        let bodyChunk = Array(chunk.readableBytesView)
+        runAsync({ await chain.bodyChunk(bodyChunk, session: session, transaction: tx) }) { handler, result in
+            handler.trace += result.trace
+            handler.dataVerdict = result.verdict
+        }
+    }
+
+    // MARK: Actions
+
+    private func perform(_ action: SessionStateMachine.Action) {
+        switch action {
+        case .none:
+            break
+        case .reply(let replies, let close):
+            send(replies, close: close)
+        case .runStages(let phase):
+            runStages(phase)
+        case .runRecipientStages(let recipient, _):
+            guard let tx = machine.transactionInfo else { return }
+            let (chain, session) = (server.chain, machine.session)
+            runAsync({ await chain.rcptTo(recipient, session: session, transaction: tx) }) { handler, result in
+                handler.trace += result.trace
+                handler.perform(handler.machine.stagesFinished(result.verdict))
+            }
+        case .startData(let reply):
+            startMessage()
+            framer.beginData()
+            send([reply], close: false)
+        case .readChunk(let size, let store, let last):
+            storeChunk = store
+            bdatChunkSize = size
+            isLastChunk = last
+            if store && draft == nil {
+                startMessage()
+                framer.startMessage()
+            }
+            framer.beginBDAT(size: size)
+        case .finishMessage:
+            finishMessage()
+        }
+    }
+
+    private func runStages(_ phase: StagePhase) {
+        let chain = server.chain
+        let session = machine.session
+        let tx = machine.transactionInfo
+        runAsync({ () async -> StageChain.PhaseResult in
+            switch phase {
+            case .connect: return await chain.connect(session: session)
+            case .helo: return await chain.helo(session: session)
+            case .mailFrom: return await chain.mailFrom(session: session, transaction: tx!)
+            default: return StageChain.PhaseResult(verdict: .continue, trace: [])
+            }
+        }) { handler, result in
+            if phase == .connect || phase == .helo { handler.sessionTrace += result.trace } else { handler.trace += result.trace }
+            handler.perform(handler.machine.stagesFinished(result.verdict))
+        }
+    }
+
+    /// A new message: a spool draft that starts with our Received header (RFC 5321 4.4).
+    private func startMessage() {
+        guard let tx = machine.transaction else { return }
+        dataSize = 0
+        dataVerdict = .continue
+        dataHeaderBuffer = []
+        dataHeadersSent = false
+        let draft = server.spool.makeDraft(id: tx.queueID, eventLoop: context.eventLoop)
+        draft.append(ReceivedHeader.make(
+            heloName: machine.session.heloName, clientAddress: clientAddress, serverHostname: server.session.hostname,
+            protocolName: machine.protocolName, queueID: tx.queueID,
+            singleRecipient: tx.recipients.count == 1 ? tx.recipients[0].mailbox.description : nil
+        ))
+        self.draft = draft
+    }
+
+    /// End of message: stages at `eom` (which may edit), then the durable commit, then the reply.
+    private func finishMessage() {
+        guard let draft, let tx = machine.transaction, let txInfo = machine.transactionInfo else {
+            perform(machine.messageFinished(.spoolFailed))
+            return
+        }
+        let session = machine.session
+        let chain = server.chain
+        let spool = server.spool
+        let section = HeaderSection.parse(draft.headerPrefix, atEnd: draft.size <= SpoolDraft.headerPrefixLimit)
+        let initial = MessageDraft(headers: section.fields, sender: tx.sender, recipients: tx.recipients)
+        let receivedSize = draft.size
+        let eventLoop = context.eventLoop
+
+        let stagesDone: EventLoopFuture<StageChain.EndOfMessageResult>
+        if chain.hooks(.endOfMessage) {
+            let bodyOffset = section.bodyOffset
+            let body: @Sendable (MessageDraft) -> MessageBody = { [draftBody = draft.body(from: bodyOffset)] d in
+                d.replacementBodyPath.map { SpoolReader.body(path: $0, from: 0, length: nil, threadPool: spool.threadPool) } ?? draftBody
+            }
+            stagesDone = draft.flush().flatMap {
+                eventLoop.makeFutureWithTask {
+                    await chain.endOfMessage(draft: initial, receivedSize: receivedSize, body: body, session: session, transaction: txInfo)
+                }
+            }
+        } else {
+            stagesDone = eventLoop.makeSucceededFuture(StageChain.EndOfMessageResult(verdict: .continue, draft: initial, trace: []))
+        }
+        busy = true
+        let bound = NIOLoopBound(self, eventLoop: eventLoop)
+        stagesDone.whenComplete { result in
+            let handler = bound.value
+            switch result {
+            case .success(let eom): handler.commit(eom, section: section, transaction: tx)
+            case .failure(let error):
+                handler.logger.error("spool write failed", metadata: ["error": "\(error)"])
+                handler.finish(.spoolFailed)
+            }
+        }
+    }
+
+    private func commit(_ eom: StageChain.EndOfMessageResult, section: HeaderSection, transaction tx: SessionStateMachine.Transaction) {
+        trace += eom.trace
+        var verdict = eom.verdict
+        if case .continue = verdict, let held = machine.heldVerdict { verdict = held }
+        switch verdict {
+        case .reject(let r), .tempfail(let r):
+            finish(.refused(r))
+            return
+        case .disconnect(let r):
+            finish(.disconnect(r))
+            return
+        case .discard:
+            finish(.discarded)
+            return
+        default:
+            break
+        }
+        // Recipients after edits, each with its destination.
+        var recipients: [SpoolEnvelope.SpooledRecipient] = []
+        for r in eom.draft.recipients {
+            let destination: String?
+            if let i = tx.recipients.firstIndex(of: r) {
+                destination = tx.destinations[i]
+            } else {
+                destination = try? server.session.routes.destination(for: r.mailbox, trusted: true).get()
+            }
+            if let destination {
+                recipients.append(.init(address: r.mailbox, parameters: r.parameters, destination: destination))
+            } else {
+                trace.append(TraceEntry(stage: "core", phase: "eom", outcome: "dropped added recipient \(r): no route", micros: 0))
+            }
+        }
+        if recipients.isEmpty {
+            finish(.discarded)
+            return
+        }
+        var quarantine: String?
+        if case .quarantine(let reason) = verdict { quarantine = reason }
+        let envelope = SpoolEnvelope(
+            id: tx.queueID, sender: eom.draft.sender, senderParameters: eom.draft.senderParameters, recipients: recipients,
+            client: .init(address: clientAddress, port: machine.session.clientPort, helo: machine.session.heloName),
+            protocolName: machine.protocolName, receivedAt: Self.wallClock(),
+            size: dataSize, body: tx.parameters.body, smtputf8: tx.parameters.smtputf8, quarantine: quarantine,
+            trace: sessionTrace + trace
+        )
+        let commit = SpoolDraft.Commit(
+            envelope: envelope, headers: eom.draft.headersChanged ? eom.draft.headers : nil,
+            bodyOffset: section.bodyOffset, replacementBody: eom.draft.replacementBodyPath, quarantine: quarantine != nil
+        )
+        guard let draft else { return finish(.spoolFailed) }
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        draft.commit(commit).whenComplete { result in
+            let handler = bound.value
+            handler.draft = nil
+            switch result {
+            case .success:
+                if quarantine != nil {
+                    handler.finish(.quarantined(id: tx.queueID))
+                } else {
+                    handler.server.onQueued(tx.queueID)
+                    handler.finish(.queued(id: tx.queueID))
+                }
+            case .failure(let error):
+                handler.logger.error("spool commit failed", metadata: ["queue_id": "\(tx.queueID)", "error": "\(error)"])
+                handler.finish(.spoolFailed)
+            }
+        }
+    }
+
+    private func finish(_ result: SessionStateMachine.MessageResult) {
+        let tx = machine.transaction
+        let txInfo = machine.transactionInfo
+        draft?.discard()
+        draft = nil
+        let action = machine.messageFinished(result)
+        if case .reply(let replies, _) = action, let tx {
+            logTransaction(tx, reply: replies.first)
+            if case .queued(let id) = result, server.chain.hooks(.queued), let txInfo {
+                let (chain, session) = (server.chain, machine.session)
+                Task { await chain.queued(queueID: id, session: session, transaction: txInfo) }
+            }
+        }
+        trace = []
+        busy = false
+        perform(action)
+        process()
+    }
+
+    /// One structured line per transaction.
+    private func logTransaction(_ tx: SessionStateMachine.Transaction, reply: SMTPReply?) {
+        logger.info("transaction", metadata: [
+            "queue_id": "\(tx.queueID)",
+            "helo": "\(machine.session.heloName ?? "")",
+            "from": "\(tx.sender)",
+            "to": "\(tx.recipients.map(\.description).joined(separator: ","))",
+            "size": "\(dataSize)",
+            "stages": "\((sessionTrace + trace).map(\.description).joined(separator: "; "))",
+            "reply": "\(reply?.description ?? "")",
+        ])
+    }
+
+    // MARK: Plumbing
+
+    /// Runs async work off the event loop; input waits until `then` has run on the loop.
+    private func runAsync<T: Sendable>(
+        _ work: @escaping @Sendable () async -> T, then: @escaping (SMTPSessionHandler, T) -> Void
+    ) {
+        wait(context.eventLoop.makeFutureWithTask(work)) { handler, result in
+            if case .success(let value) = result { then(handler, value) }
+        }
+    }
+
+    private func wait<T: Sendable>(_ future: EventLoopFuture<T>, then: @escaping (SMTPSessionHandler, Result<T, any Error>) -> Void) {
+        busy = true
+        flush()
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let thenBound = NIOLoopBound(then, eventLoop: context.eventLoop)
+        future.whenComplete { result in
+            let handler = bound.value
+            handler.busy = false
+            guard !handler.closing else { return }
+            thenBound.value(handler, result)
+            handler.process()
+        }
+    }
+
+    private func send(_ replies: [SMTPReply], close: Bool) {
+        var bytes: [UInt8] = []
+        for r in replies { r.encode(into: &bytes) }
+        outbound.writeBytes(bytes)
+        if close {
+            closing = true
+            flush()
+            let ctx = context!
+            ctx.close(promise: nil)
+        }
+    }
+
+    private func flush() {
+        guard outbound.readableBytes > 0, context.channel.isActive else { return }
+        context.writeAndFlush(wrapOutboundOut(outbound), promise: nil)
+        outbound = context.channel.allocator.buffer(capacity: 512)
+    }
+
+    /// One timer per session: command or data timeout, re-armed lazily from `lastActivity`.
+    private func armTimer() {
+        let limit = framer.isReadingData ? server.dataTimeout : server.commandTimeout
+        let deadline = lastActivity + limit
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(deadline: deadline) {
+            let handler = bound.value
+            guard !handler.closing else { return }
+            let limit = handler.framer.isReadingData ? handler.server.dataTimeout : handler.server.commandTimeout
+            if handler.busy || NIODeadline.now() < handler.lastActivity + limit {
+                handler.armTimer()
+            } else {
+                handler.logger.notice("timeout")
+                handler.perform(handler.machine.timedOut())
+            }
+        }
+    }
+}
+
+extension SMTPSessionHandler {
+    /// Seconds since 1970.
+    static func wallClock() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}

@@ -1,0 +1,79 @@
+import Logging
+import NIOCore
+import SluicePipeline
+import SluiceSpool
+import SluiceStageAPI
+import Synchronization
+
+/// What every session shares: configuration, the chain, the spool, and the delivery hand-off.
+public final class ServerContext: Sendable {
+    public let session: SessionConfiguration
+    public let chain: StageChain
+    public let spool: Spool
+    /// Called with each queue id after its 250: the only hand-off from receiving to delivery.
+    public let onQueued: @Sendable (String) -> Void
+    public let tracker: ConnectionTracker
+    public let logger: Logger
+    /// `[server] relay_from`.
+    public let relayFrom: [CIDR]
+    /// `[server] command_timeout_s` (RFC 5321 4.5.3.2.7: 5 minutes).
+    public let commandTimeout: TimeAmount
+    /// `[server] data_timeout_s` (RFC 5321 4.5.3.2.5: 3 minutes per data block).
+    public let dataTimeout: TimeAmount
+    /// `[server] greet_pause_ms`: 0 = greet at once.
+    public let greetPause: TimeAmount
+    /// `[server] command_line_limit`, `text_line_limit`.
+    public let commandLineLimit: Int
+    public let textLineLimit: Int
+    private let stopping = Atomic<Bool>(false)
+    private let channels = Mutex<[ObjectIdentifier: any Channel]>([:])
+
+    public init(
+        session: SessionConfiguration, chain: StageChain, spool: Spool, onQueued: @escaping @Sendable (String) -> Void,
+        tracker: ConnectionTracker, logger: Logger, relayFrom: [CIDR], commandTimeout: TimeAmount,
+        dataTimeout: TimeAmount, greetPause: TimeAmount, commandLineLimit: Int, textLineLimit: Int
+    ) {
+        self.session = session
+        self.chain = chain
+        self.spool = spool
+        self.onQueued = onQueued
+        self.tracker = tracker
+        self.logger = logger
+        self.relayFrom = relayFrom
+        self.commandTimeout = commandTimeout
+        self.dataTimeout = dataTimeout
+        self.greetPause = greetPause
+        self.commandLineLimit = commandLineLimit
+        self.textLineLimit = textLineLimit
+    }
+
+    public var isShuttingDown: Bool { stopping.load(ordering: .relaxed) }
+
+    func register(_ channel: any Channel) {
+        channels.withLock { $0[ObjectIdentifier(channel)] = channel }
+    }
+
+    func unregister(_ channel: any Channel) {
+        channels.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(channel)) }
+    }
+
+    public var openSessions: Int { channels.withLock { $0.count } }
+
+    /// Begins graceful shutdown: idle sessions get 421 4.3.2 now; busy ones after their transaction.
+    public func beginShutdown() {
+        stopping.store(true, ordering: .relaxed)
+        for channel in channels.withLock({ Array($0.values) }) {
+            channel.pipeline.fireUserInboundEventTriggered(ShutdownRequested())
+        }
+    }
+
+    /// Closes whatever is still open (after the grace period).
+    public func closeAll() {
+        for channel in channels.withLock({ Array($0.values) }) {
+            channel.close(promise: nil)
+        }
+    }
+}
+
+/// Sent through each session's pipeline when the gateway stops.
+struct ShutdownRequested: Sendable {}

@@ -1,0 +1,443 @@
+import SMTPCore
+import SluiceStageAPI
+
+/// The SMTP session as a value: events in, actions out. It knows the protocol rules (RFC 5321
+/// command order, RFC 2920 pipelining, RFC 3030 BDAT, limits, relay policy) and nothing of
+/// channels, stages' work or the disk; the channel handler carries the actions out.
+public struct SessionStateMachine: Sendable {
+    /// What the handler must do next.
+    public enum Action: Equatable, Sendable {
+        /// Send the replies; close afterwards when `close`.
+        case reply([SMTPReply], close: Bool)
+        /// Run the chain at a phase, then call `stagesFinished`.
+        case runStages(StagePhase)
+        /// Run the RCPT phase for this recipient (routed to `destination`), then call `stagesFinished`.
+        case runRecipientStages(Recipient, destination: String)
+        /// Send the 354 and switch the framer to DATA.
+        case startData(SMTPReply)
+        /// Read a BDAT chunk of `size` octets (keeping it only when `store`), then call `bdatChunkRead`.
+        case readChunk(size: UInt64, store: Bool, last: Bool)
+        /// The message data is complete and clean: run end of message and spool, then call `messageFinished`.
+        case finishMessage
+        case none
+
+        static func send(_ r: SMTPReply) -> Action { .reply([r], close: false) }
+        static func sendAndClose(_ r: SMTPReply) -> Action { .reply([r], close: true) }
+    }
+
+    /// How the message data went, as measured by the handler and the framer.
+    public struct DataOutcome: Sendable {
+        public var size: Int
+        public var flags: MessageDataFlags
+        /// A data-phase stage refused the message while it streamed.
+        public var stageVerdict: StageVerdict
+        public init(size: Int, flags: MessageDataFlags, stageVerdict: StageVerdict = .continue) {
+            self.size = size
+            self.flags = flags
+            self.stageVerdict = stageVerdict
+        }
+    }
+
+    /// How end of message and spooling went.
+    public enum MessageResult: Sendable, Equatable {
+        case queued(id: String)
+        case quarantined(id: String)
+        case discarded
+        case refused(SMTPReply)
+        /// A stage said disconnect: send the reply and close.
+        case disconnect(SMTPReply)
+        case spoolFailed
+    }
+
+    public struct Transaction: Sendable {
+        public var queueID: String
+        public var sender: ReversePath
+        public var parameters: MailParameters
+        public var recipients: [Recipient] = []
+        /// Destination per recipient, by position.
+        public var destinations: [String] = []
+        public var rejectedRecipients = 0
+        public var usedBDAT = false
+        public var state = StageState()
+        public var results = ResultRecorder()
+        /// A discard or quarantine verdict given at MAIL or RCPT, applied at end of message.
+        public var heldVerdict: StageVerdict?
+    }
+
+    private enum Phase: Sendable, Equatable {
+        case connecting
+        case command
+        case waitingForStages(StagePhase)
+        case data
+        case bdatChunk(last: Bool, refusal: SMTPReply?)
+        case finishing
+        case closed
+    }
+
+    public let configuration: SessionConfiguration
+    public private(set) var session: SessionInfo
+    public private(set) var transaction: Transaction?
+    private var phase: Phase = .connecting
+    private var pendingEHLO: String?
+    private var pendingRecipient: (Recipient, String)?
+    private var errors = 0
+    /// A connect- or helo-phase verdict that applies to every later message.
+    private var sessionVerdict: StageVerdict = .continue
+    private let parser: SMTPCommandParser
+
+    public init(configuration: SessionConfiguration, session: SessionInfo) {
+        self.configuration = configuration
+        self.session = session
+        self.parser = SMTPCommandParser(limits: configuration.limits)
+    }
+
+    public var isClosed: Bool { phase == .closed }
+
+    public var transactionInfo: TransactionInfo? {
+        transaction.map {
+            TransactionInfo(queueID: $0.queueID, sender: $0.sender, mailParameters: $0.parameters,
+                            recipients: $0.recipients, state: $0.state, results: $0.results)
+        }
+    }
+
+    /// The `with` protocol for Received (RFC 3848 / RFC 6531).
+    public var protocolName: String {
+        guard session.esmtp else { return "SMTP" }
+        return transaction?.parameters.smtputf8 == true ? "UTF8SMTP" : "ESMTP"
+    }
+
+    var greeting: SMTPReply { SMTPReply(220, nil, "\(configuration.hostname) ESMTP Sluice") }
+
+    // MARK: Events
+
+    /// The connection is up (after any greeting pause).
+    public mutating func connected() -> Action {
+        if configuration.hookedPhases.contains(.connect) {
+            phase = .waitingForStages(.connect)
+            return .runStages(.connect)
+        }
+        phase = .command
+        return .send(greeting)
+    }
+
+    /// The client sent bytes before the greeting (RFC 5321 4.3.1: it must wait).
+    public mutating func clientTalkedFirst() -> Action {
+        phase = .closed
+        return .sendAndClose(SMTPReply(554, "5.5.0", "Error: SMTP protocol synchronization: talked before the greeting"))
+    }
+
+    /// Counts an error reply; past `maxErrors` the session ends with 421.
+    private mutating func fail(_ reply: SMTPReply) -> Action {
+        errors += 1
+        if errors >= configuration.maxErrors {
+            phase = .closed
+            return .reply([reply, SMTPReply(421, "4.7.0", "\(configuration.hostname) Error: too many errors")], close: true)
+        }
+        return .send(reply)
+    }
+
+    /// A command line (or an over-long one) arrived.
+    /// - Parameter pipelinedInput: more input was already buffered behind this line.
+    public mutating func commandLine(_ line: [UInt8]?, pipelinedInput: Bool, shuttingDown: Bool = false) -> Action {
+        guard phase == .command else { return .none }
+        if shuttingDown {
+            phase = .closed
+            return .sendAndClose(SMTPReply(421, "4.3.2", "\(configuration.hostname) Service shutting down, closing connection"))
+        }
+        guard let line else { return fail(SMTPReply(500, "5.5.2", "Error: line too long")) }
+        let command: SMTPCommand
+        do {
+            command = try parser.parse(line, transactionUTF8: transaction?.parameters.smtputf8 ?? false)
+        } catch {
+            if error.closesConnection {
+                phase = .closed
+                return .sendAndClose(error.reply)
+            }
+            return fail(error.reply)
+        }
+        return handle(command, pipelinedInput: pipelinedInput)
+    }
+
+    private mutating func handle(_ command: SMTPCommand, pipelinedInput: Bool) -> Action {
+        switch command {
+        case .ehlo(let name), .helo(let name):
+            let isEHLO = if case .ehlo = command { true } else { false }
+            transaction = nil
+            session.heloName = name
+            session.esmtp = isEHLO
+            pendingEHLO = isEHLO ? name : nil
+            if configuration.hookedPhases.contains(.helo) {
+                phase = .waitingForStages(.helo)
+                return .runStages(.helo)
+            }
+            return .send(heloReply())
+        case .mail(let path, let params):
+            return mail(path, params)
+        case .rcpt(let path, let params):
+            return rcpt(path, params)
+        case .data:
+            return data(pipelinedInput: pipelinedInput)
+        case .bdat(let size, let last):
+            return bdat(size: size, last: last)
+        case .rset:
+            transaction = nil
+            return .send(SMTPReply(250, "2.0.0", "Ok"))
+        case .noop:
+            return .send(SMTPReply(250, "2.0.0", "Ok"))
+        case .quit:
+            phase = .closed
+            return .sendAndClose(SMTPReply(221, "2.0.0", "Bye"))
+        case .vrfy:
+            return .send(SMTPReply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"))
+        case .expn:
+            return fail(SMTPReply(502, "5.5.1", "Error: EXPN not supported"))
+        case .help:
+            return .send(SMTPReply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP"))
+        case .starttls, .auth, .etrn:
+            return fail(SMTPReply(502, "5.5.1", "Error: command not implemented"))
+        case .turn:
+            return fail(SMTPReply(502, "5.5.1", "Error: TURN not supported"))
+        }
+    }
+
+    private func heloReply() -> SMTPReply {
+        guard pendingEHLO != nil else { return SMTPReply(250, nil, configuration.hostname) }
+        var lines = [configuration.hostname, "PIPELINING", "SIZE \(configuration.maxMessageBytes)"]
+        lines += configuration.stageKeywords
+        lines += ["8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING"]
+        return SMTPReply(250, nil, lines)
+    }
+
+    private mutating func mail(_ path: ReversePath, _ params: MailParameters) -> Action {
+        guard session.heloName != nil else { return fail(SMTPReply(503, "5.5.1", "Error: send HELO/EHLO first")) }
+        guard transaction == nil else { return fail(SMTPReply(503, "5.5.1", "Error: nested MAIL command")) }
+        if let unknown = params.other.first {
+            return fail(SMTPReply(555, "5.5.4", "Unsupported option: \(unknown.keyword)"))
+        }
+        if (params.smtputf8 || params.body != nil) && !session.esmtp {
+            return fail(SMTPReply(555, "5.5.4", "ESMTP parameters need EHLO"))
+        }
+        if let size = params.size, size > UInt64(configuration.maxMessageBytes) {
+            return fail(SMTPReply(552, "5.3.4", "Message size exceeds fixed limit"))
+        }
+        switch sessionVerdict {
+        case .reject(let r), .tempfail(let r): return fail(r)
+        default: break
+        }
+        transaction = Transaction(queueID: configuration.makeQueueID(), sender: path, parameters: params)
+        if configuration.hookedPhases.contains(.mailFrom) {
+            phase = .waitingForStages(.mailFrom)
+            return .runStages(.mailFrom)
+        }
+        return .send(SMTPReply(250, "2.1.0", "Ok"))
+    }
+
+    private mutating func rcpt(_ path: ForwardPath, _ params: [ESMTPParameter]) -> Action {
+        guard var tx = transaction else { return fail(SMTPReply(503, "5.5.1", "Error: need MAIL command")) }
+        if let unknown = params.first {
+            return fail(SMTPReply(555, "5.5.4", "Unsupported option: \(unknown.keyword)"))
+        }
+        guard tx.recipients.count < configuration.maxRecipients else {
+            return fail(SMTPReply(452, "4.5.3", "Error: too many recipients"))
+        }
+        let mailbox: Mailbox
+        switch path {
+        case .mailbox(let m): mailbox = m
+        case .postmaster:
+            guard let domain = configuration.routes.primaryDomain else {
+                return fail(SMTPReply(550, "5.1.1", "<Postmaster>: no local domain"))
+            }
+            mailbox = Mailbox(localPart: "postmaster", domain: domain)
+        }
+        let destination: String
+        switch configuration.routes.destination(for: mailbox, trusted: session.trustedClient) {
+        case .success(let d): destination = d
+        case .failure(let reply):
+            tx.rejectedRecipients += 1
+            transaction = tx
+            return fail(reply)
+        }
+        let recipient = Recipient(mailbox, parameters: params)
+        if configuration.hookedPhases.contains(.rcptTo) {
+            pendingRecipient = (recipient, destination)
+            phase = .waitingForStages(.rcptTo)
+            return .runRecipientStages(recipient, destination: destination)
+        }
+        return addRecipient(recipient, destination)
+    }
+
+    private mutating func addRecipient(_ recipient: Recipient, _ destination: String) -> Action {
+        transaction?.recipients.append(recipient)
+        transaction?.destinations.append(destination)
+        return .send(SMTPReply(250, "2.1.5", "Ok"))
+    }
+
+    private func noRecipientsReply() -> SMTPReply {
+        if let tx = transaction, tx.rejectedRecipients > 0 {
+            return SMTPReply(554, "5.5.1", "Error: no valid recipients")
+        }
+        return SMTPReply(503, "5.5.1", transaction == nil ? "Error: need MAIL command" : "Error: need RCPT command")
+    }
+
+    private mutating func data(pipelinedInput: Bool) -> Action {
+        guard let tx = transaction, !tx.recipients.isEmpty else { return fail(noRecipientsReply()) }
+        if tx.usedBDAT { return fail(SMTPReply(503, "5.5.1", "Error: DATA after BDAT")) }
+        if pipelinedInput && configuration.disconnectOnPipeliningViolation {
+            phase = .closed
+            return .sendAndClose(SMTPReply(554, "5.5.0", "Error: SMTP protocol synchronization: input after DATA before the 354"))
+        }
+        phase = .data
+        return .startData(SMTPReply(354, nil, "End data with <CR><LF>.<CR><LF>"))
+    }
+
+    private mutating func bdat(size: UInt64, last: Bool) -> Action {
+        var refusal: SMTPReply?
+        if transaction == nil || transaction!.recipients.isEmpty {
+            refusal = noRecipientsReply()
+        } else {
+            transaction!.usedBDAT = true
+        }
+        phase = .bdatChunk(last: last, refusal: refusal)
+        return .readChunk(size: size, store: refusal == nil, last: last)
+    }
+
+    /// A BDAT chunk has been read (and, if accepted, stored by the handler).
+    /// - Parameter outcome: the message so far; judged when this was the LAST chunk.
+    public mutating func bdatChunkRead(chunkSize: UInt64, outcome: @autoclosure () -> DataOutcome) -> Action {
+        guard case .bdatChunk(let last, let refusal) = phase else { return .none }
+        phase = .command
+        if let refusal { return fail(refusal) }
+        if last { return dataFinished(outcome()) }
+        return .send(SMTPReply(250, "2.0.0", "\(chunkSize) octets received"))
+    }
+
+    /// The data of a DATA or BDAT-LAST message is complete; decides whether it can be spooled.
+    public mutating func dataFinished(_ outcome: DataOutcome) -> Action {
+        phase = .command
+        let refusal: SMTPReply?
+        if outcome.flags.bareCR || outcome.flags.bareLF {
+            refusal = SMTPReply(550, "5.6.0", "Error: message contains bare CR or bare LF; only CRLF ends a line (RFC 5321 2.3.8)")
+        } else if outcome.flags.nul {
+            refusal = SMTPReply(550, "5.6.0", "Error: message contains NUL octets")
+        } else if outcome.flags.longLine {
+            refusal = SMTPReply(550, "5.6.0", "Error: message has a line longer than the limit of RFC 5321 4.5.3.1.6")
+        } else if outcome.size > configuration.maxMessageBytes {
+            refusal = SMTPReply(552, "5.3.4", "Error: message size exceeds fixed limit")
+        } else {
+            switch outcome.stageVerdict {
+            case .reject(let r), .tempfail(let r): refusal = r
+            case .disconnect(let r):
+                transaction = nil
+                phase = .closed
+                return .sendAndClose(r)
+            default: refusal = nil
+            }
+        }
+        if let refusal {
+            transaction = nil
+            return fail(refusal)
+        }
+        phase = .finishing
+        return .finishMessage
+    }
+
+    /// End of message and spooling are done.
+    public mutating func messageFinished(_ result: MessageResult) -> Action {
+        phase = .command
+        transaction = nil
+        switch result {
+        case .queued(let id): return .send(SMTPReply(250, "2.0.0", "Ok: queued as \(id)"))
+        case .quarantined(let id): return .send(SMTPReply(250, "2.0.0", "Ok: queued as \(id)"))
+        case .discarded: return .send(SMTPReply(250, "2.0.0", "Ok: discarded"))
+        case .disconnect(let reply):
+            phase = .closed
+            return .sendAndClose(reply)
+        case .refused(let reply):
+            if reply.code == 421 {
+                phase = .closed
+                return .sendAndClose(reply)
+            }
+            return fail(reply)
+        case .spoolFailed:
+            return .send(SMTPReply(451, "4.3.0", "Error: queue file write error"))
+        }
+    }
+
+    /// The stages of the phase being waited for have answered.
+    public mutating func stagesFinished(_ verdict: StageVerdict) -> Action {
+        guard case .waitingForStages(let stagePhase) = phase else { return .none }
+        phase = .command
+        if case .disconnect(let reply) = verdict {
+            phase = .closed
+            return .sendAndClose(reply)
+        }
+        switch stagePhase {
+        case .connect:
+            switch verdict {
+            case .reject(let r):
+                phase = .closed
+                return .sendAndClose(r)
+            case .tempfail(let r):
+                phase = .closed
+                return .sendAndClose(SMTPReply(421, r.enhancedCode, r.lines))
+            case .discard, .quarantine: sessionVerdict = verdict
+            default: break
+            }
+            return .send(greeting)
+        case .helo:
+            switch verdict {
+            case .reject(let r), .tempfail(let r):
+                session.heloName = nil
+                pendingEHLO = nil
+                return fail(r)
+            case .discard, .quarantine: sessionVerdict = verdict
+            default: break
+            }
+            return .send(heloReply())
+        case .mailFrom:
+            switch verdict {
+            case .reject(let r), .tempfail(let r):
+                transaction = nil
+                return fail(r)
+            default:
+                hold(verdict)
+                return .send(SMTPReply(250, "2.1.0", "Ok"))
+            }
+        case .rcptTo:
+            guard let (recipient, destination) = pendingRecipient else { return .none }
+            pendingRecipient = nil
+            switch verdict {
+            case .reject(let r), .tempfail(let r):
+                transaction?.rejectedRecipients += 1
+                return fail(r)
+            default:
+                hold(verdict)
+                return addRecipient(recipient, destination)
+            }
+        default:
+            return .none
+        }
+    }
+
+    private mutating func hold(_ verdict: StageVerdict) {
+        switch verdict {
+        case .discard, .quarantine: transaction?.heldVerdict = verdict
+        default: break
+        }
+    }
+
+    /// A discard or quarantine that applies to the current message: from MAIL/RCPT, else from connect/HELO.
+    public var heldVerdict: StageVerdict? {
+        if let v = transaction?.heldVerdict { return v }
+        switch sessionVerdict {
+        case .discard, .quarantine: return sessionVerdict
+        default: return nil
+        }
+    }
+
+    /// The client went silent for too long.
+    public mutating func timedOut() -> Action {
+        phase = .closed
+        return .sendAndClose(SMTPReply(421, "4.4.2", "\(configuration.hostname) Error: timeout exceeded"))
+    }
+}

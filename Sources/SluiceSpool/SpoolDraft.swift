@@ -1,0 +1,197 @@
+import NIOCore
+import NIOPosix
+import SluicePipeline
+import SluiceStageAPI
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A message being received, confined to its session's event loop. Content collects in memory
+/// and spills to `tmp/<id>` in the background once it passes `spillThreshold`, so a large
+/// message never sits whole in memory. Disk calls run on the spool's thread pool; the session
+/// waits for each returned future before touching the draft again.
+public final class SpoolDraft {
+    public let id: String
+    let spool: Spool
+    let eventLoop: any EventLoop
+    private var pending: ByteBuffer
+    private var fd: Int32 = -1
+    private var written = 0
+    /// The first octets of the message, kept to parse the header section.
+    public private(set) var headerPrefix: [UInt8] = []
+    /// Octets appended so far.
+    public private(set) var size = 0
+
+    /// Pending octets that trigger a background write.
+    public static let spillThreshold = 256 * 1024
+    /// Octets of the message start kept in memory for the header section.
+    public static let headerPrefixLimit = 256 * 1024
+
+    var tmpPath: String { spool.layout.tmpFile(id) }
+
+    init(spool: Spool, id: String, eventLoop: any EventLoop) {
+        self.spool = spool
+        self.id = id
+        self.eventLoop = eventLoop
+        self.pending = ByteBufferAllocator().buffer(capacity: 8192)
+    }
+
+    public func append(_ chunk: ByteBuffer) {
+        if headerPrefix.count < Self.headerPrefixLimit {
+            let take = min(chunk.readableBytes, Self.headerPrefixLimit - headerPrefix.count)
+            headerPrefix += chunk.getBytes(at: chunk.readerIndex, length: take) ?? []
+        }
+        size += chunk.readableBytes
+        var chunk = chunk
+        pending.writeBuffer(&chunk)
+    }
+
+    public func append(_ bytes: [UInt8]) {
+        var buffer = ByteBufferAllocator().buffer(capacity: bytes.count)
+        buffer.writeBytes(bytes)
+        append(buffer)
+    }
+
+    /// True when enough is pending that the session should `flush()` before reading more.
+    public var shouldFlush: Bool { pending.readableBytes >= Self.spillThreshold }
+
+    /// Writes pending content to `tmp/<id>`.
+    public func flush() -> EventLoopFuture<Void> {
+        let buffer = pending
+        pending = ByteBufferAllocator().buffer(capacity: 8192)
+        let fd = self.fd
+        let path = tmpPath
+        return spool.threadPool.runIfActive(eventLoop: eventLoop) { () throws -> Int32 in
+            let out = fd >= 0 ? fd : try FileIO.createExclusive(path)
+            do {
+                try buffer.withUnsafeReadableBytes { try FileIO.writeAll(out, $0, path: path) }
+            } catch {
+                if fd < 0 { close(out) }
+                throw error
+            }
+            return out
+        }.map { out in
+            self.fd = out
+            self.written += buffer.readableBytes
+        }
+    }
+
+    /// The body (from `offset` in the message) for end-of-message stages; call after `flush()`.
+    public func body(from offset: Int) -> MessageBody {
+        SpoolReader.body(path: tmpPath, from: offset, length: nil, threadPool: spool.threadPool)
+    }
+
+    /// What `commit` writes.
+    public struct Commit: Sendable {
+        public var envelope: SpoolEnvelope
+        /// The edited header section, when stages changed it.
+        public var headers: [HeaderField]?
+        /// Where the received body starts in the content (used when rewriting).
+        public var bodyOffset: Int
+        /// A stage's replacement body.
+        public var replacementBody: String?
+        /// Put the message in `quarantine/` instead of `queue/`.
+        public var quarantine: Bool
+
+        public init(envelope: SpoolEnvelope, headers: [HeaderField]?, bodyOffset: Int, replacementBody: String?, quarantine: Bool) {
+            self.envelope = envelope
+            self.headers = headers
+            self.bodyOffset = bodyOffset
+            self.replacementBody = replacementBody
+            self.quarantine = quarantine
+        }
+    }
+
+    /// Makes the message durable: content, envelope and trailer are written and fsync'd, the file
+    /// is renamed into `queue/` (or `quarantine/`) and that directory is fsync'd. Only when the
+    /// future succeeds may the session answer 250. On failure the temp file is gone.
+    public func commit(_ commit: Commit) -> EventLoopFuture<Void> {
+        let buffer = pending
+        pending = ByteBufferAllocator().buffer(capacity: 0)
+        let fd = self.fd
+        self.fd = -1
+        let path = tmpPath
+        let spool = self.spool
+        let layout = spool.layout
+        return spool.threadPool.runIfActive(eventLoop: eventLoop) {
+            var out = fd
+            var outPath = path
+            do {
+                if out < 0 { out = try FileIO.createExclusive(path) }
+                try buffer.withUnsafeReadableBytes { try FileIO.writeAll(out, $0, path: path) }
+                var envelope = commit.envelope
+                if commit.headers != nil || commit.replacementBody != nil {
+                    // Rewrite: edited header section, then the original or the replacement body.
+                    let rewritten = path + ".edited"
+                    let newFD = try FileIO.createExclusive(rewritten)
+                    do {
+                        let headers = try commit.headers ?? Self.originalHeaders(fd: out, path: path, bodyOffset: commit.bodyOffset)
+                        try Self.writeRewritten(
+                            to: newFD, path: rewritten, headers: headers, originalFD: out, originalPath: path,
+                            bodyOffset: commit.bodyOffset, replacement: commit.replacementBody
+                        )
+                    } catch {
+                        close(newFD)
+                        try? FileIO.unlink(rewritten)
+                        throw error
+                    }
+                    close(out)
+                    try? FileIO.unlink(path)
+                    if let r = commit.replacementBody { try? FileIO.unlink(r) }
+                    out = newFD
+                    outPath = rewritten
+                }
+                let offset = try FileIO.fileSize(out, path: outPath)
+                envelope.size = offset
+                try FileIO.writeAll(out, try SpoolFileFormat.encodeEnvelope(envelope) + SpoolFileFormat.trailer(envelopeOffset: offset), path: outPath)
+                try FileIO.sync(out, path: outPath)
+                close(out)
+                out = -1
+                let target = commit.quarantine ? layout.quarantineFile(envelope.id) : layout.queueFile(envelope.id)
+                try FileIO.rename(outPath, target)
+                try (commit.quarantine ? spool.quarantineSync : spool.queueSync).sync()
+            } catch {
+                if out >= 0 { close(out) }
+                try? FileIO.unlink(outPath)
+                try? FileIO.unlink(path)
+                throw error
+            }
+        }
+    }
+
+    private static func originalHeaders(fd: Int32, path: String, bodyOffset: Int) throws -> [HeaderField] {
+        let bytes = try FileIO.pread(fd, count: bodyOffset, offset: 0, path: path)
+        return HeaderSection.parse(bytes, atEnd: true).fields
+    }
+
+    /// Writes headers + empty line + body.
+    private static func writeRewritten(
+        to fd: Int32, path: String, headers: [HeaderField], originalFD: Int32, originalPath: String,
+        bodyOffset: Int, replacement: String?
+    ) throws {
+        let head = HeaderSection.encode(headers)
+        try FileIO.writeAll(fd, head, path: path)
+        let (source, sourcePath, start) = try replacement.map { (try FileIO.openRead($0), $0, 0) } ?? (originalFD, originalPath, bodyOffset)
+        defer { if replacement != nil { close(source) } }
+        var position = start
+        while true {
+            let chunk = try FileIO.pread(source, count: 65536, offset: position, path: sourcePath)
+            if chunk.isEmpty { break }
+            try FileIO.writeAll(fd, chunk, path: path)
+            position += chunk.count
+        }
+    }
+
+    /// Drops the message: closes and removes the temp file.
+    public func discard() {
+        pending.clear()
+        let fd = self.fd
+        self.fd = -1
+        let path = tmpPath
+        guard fd >= 0 else { return }
+        spool.threadPool.submit { _ in
+            close(fd)
+            try? FileIO.unlink(path)
+        }
+    }
+}

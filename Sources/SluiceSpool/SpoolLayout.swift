@@ -1,0 +1,21 @@
+/// The folders of a spool root: `tmp/` (being written; cleared at start), `queue/` (accepted,
+/// waiting for delivery), `quarantine/` (held by a stage's verdict), `corrupt/` (unreadable files).
+public struct SpoolLayout: Sendable {
+    public let root: String
+
+    public init(root: String) { self.root = root }
+
+    public var tmp: String { root + "/tmp" }
+    public var queue: String { root + "/queue" }
+    public var quarantine: String { root + "/quarantine" }
+    public var corrupt: String { root + "/corrupt" }
+
+    public func queueFile(_ id: String) -> String { queue + "/" + id }
+    public func quarantineFile(_ id: String) -> String { quarantine + "/" + id }
+    public func tmpFile(_ id: String) -> String { tmp + "/" + id }
+
+    /// Creates the folders (and the root) when missing.
+    public func create() throws {
+        for dir in [root, tmp, queue, quarantine, corrupt] { try FileIO.makeDirectories(dir) }
+    }
+}

@@ -1,0 +1,9 @@
+import SluiceStageAPI
+
+/// The stages that ship with Sluice, by the name `use = "..."` selects.
+public enum BuiltinStages {
+    public static let all: [StageFactory] = [
+        AccessStage.factory,
+        SizeLimitStage.factory,
+    ]
+}

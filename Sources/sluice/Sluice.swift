@@ -1,0 +1,190 @@
+import ArgumentParser
+import Foundation
+import Logging
+import SluicePipeline
+import SluiceRuntime
+import SluiceSpool
+import SluiceStageAPI
+
+@main
+struct Sluice: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sluice",
+        abstract: "An SMTP gateway with a programmable stage pipeline.",
+        subcommands: [Run.self, CheckConfig.self, Queue.self]
+    )
+}
+
+/// `--config`, shared by every command.
+struct ConfigOption: ParsableArguments {
+    @Option(name: .long, help: "The pipeline configuration file.")
+    var config = "pipeline.conf"
+
+    func load() throws -> GatewayConfig {
+        do {
+            return try GatewayConfig.load(path: config)
+        } catch let error as ConfigError {
+            throw ValidationError("\(error)")
+        }
+    }
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Start the gateway.")
+    @OptionGroup var options: ConfigOption
+
+    func run() async throws {
+        let config = try options.load()
+        let level = Logger.Level(rawValue: config.logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "sluice")
+        do {
+            let gateway = try Gateway(config: config, registry: StageRegistry(), logger: logger)
+            try await gateway.run()
+        } catch let error as ConfigError {
+            throw ValidationError("\(error)")
+        }
+    }
+}
+
+struct CheckConfig: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config",
+        abstract: "Validate the configuration and print the resolved stage chain."
+    )
+    @OptionGroup var options: ConfigOption
+
+    func run() throws {
+        let config = try options.load()
+        let chain: StageChain
+        do {
+            chain = try StageRegistry().buildChain(config, logger: Logger(label: "check-config"))
+        } catch let error as ConfigError {
+            throw ValidationError("\(error)")
+        }
+        print("\(config.file): ok")
+        print("hostname: \(config.hostname)")
+        print("listeners: \(config.listenerTexts.joined(separator: ", "))")
+        print("spool: \(config.spool)")
+        for route in config.routes {
+            print("route: \(route.domains.joined(separator: ", ")) -> \(route.destination)")
+        }
+        let sizeLimit = min(config.maxMessageBytes, chain.messageSizeLimit ?? Int.max)
+        print("message size limit: \(sizeLimit) octets")
+        print("stages (\(chain.entries.count), in order):")
+        for (i, entry) in chain.entries.enumerated() {
+            let phases = entry.stage.phases.sorted().map(\.rawValue)
+            print("  \(i + 1). \(entry.name) (use = \"\(entry.kind)\")")
+            print("     phases: \(phases.isEmpty ? "none" : phases.joined(separator: ", "))")
+            print("     capabilities: \(entry.stage.capabilities)")
+            if let limit = entry.stage.messageSizeLimit { print("     size limit: \(limit) octets (enforced while data streams)") }
+            if !entry.stage.ehloKeywords.isEmpty { print("     EHLO keywords: \(entry.stage.ehloKeywords.joined(separator: ", "))") }
+            print("     timeout: \(entry.timeout), on_error: \(entry.onError.rawValue)")
+        }
+    }
+}
+
+struct Queue: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Inspect the spool.",
+        subcommands: [List.self, Show.self]
+    )
+
+    static func spool(_ config: GatewayConfig) -> (SpoolReading) {
+        SpoolReading(layout: SpoolLayout(root: config.spool))
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List queued (and quarantined) messages.")
+        @OptionGroup var options: ConfigOption
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let config = try options.load()
+            let reading = Queue.spool(config)
+            let rows = reading.summaries()
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                print(String(decoding: try encoder.encode(rows), as: UTF8.self))
+                return
+            }
+            if rows.isEmpty {
+                print("queue is empty")
+                return
+            }
+            for r in rows {
+                let when = Date(timeIntervalSince1970: r.receivedAt).formatted(.iso8601)
+                print("\(r.id)\(r.state == "queued" ? "" : " [\(r.state)]")  \(r.size)  \(when)  \(r.sender)")
+                for rcpt in r.recipients { print("    \(rcpt)") }
+            }
+            print("\(rows.count) message(s)")
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one message: envelope and stage trace.")
+        @OptionGroup var options: ConfigOption
+        @Argument(help: "The queue id.") var id: String
+
+        func run() throws {
+            let config = try options.load()
+            let reading = Queue.spool(config)
+            guard let (message, state) = reading.find(id) else {
+                throw ValidationError("no message \(id) in the queue")
+            }
+            let e = message.envelope
+            print("id: \(e.id)")
+            print("state: \(state)")
+            print("received: \(Date(timeIntervalSince1970: e.receivedAt).formatted(.iso8601)) from \(e.client.helo ?? "?") [\(e.client.address)]:\(e.client.port) with \(e.protocolName)")
+            print("size: \(e.size)")
+            print("sender: \(e.sender)\(e.senderParameters.isEmpty ? "" : " " + e.senderParameters.map(\.description).joined(separator: " "))")
+            for r in e.recipients {
+                print("recipient: <\(r.address)> -> \(r.destination)")
+            }
+            if let q = e.quarantine { print("quarantine: \(q)") }
+            print("stage trace:")
+            if e.trace.isEmpty { print("  (no stage ran)") }
+            for t in e.trace { print("  \(t)") }
+        }
+    }
+}
+
+/// Read-only access to the spool for the queue commands.
+struct SpoolReading {
+    let layout: SpoolLayout
+
+    struct Summary: Codable {
+        var id: String
+        var state: String
+        var size: Int
+        var receivedAt: Double
+        var sender: String
+        var recipients: [String]
+    }
+
+    func messages(quarantined: Bool) -> [Spool.StoredMessage] {
+        let dir = quarantined ? layout.quarantine : layout.queue
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter(QueueID.isValid).sorted()
+        return names.compactMap { try? SpoolFileReader.load(layout: layout, id: $0, quarantined: quarantined) }
+    }
+
+    func summaries() -> [Summary] {
+        [(false, "queued"), (true, "quarantined")].flatMap { (q, state) in
+            messages(quarantined: q).map { m in
+                Summary(id: m.envelope.id, state: state, size: m.envelope.size, receivedAt: m.envelope.receivedAt,
+                        sender: m.envelope.sender.description, recipients: m.envelope.recipients.map { "<\($0.address)>" })
+            }
+        }
+    }
+
+    func find(_ id: String) -> (Spool.StoredMessage, String)? {
+        if let m = try? SpoolFileReader.load(layout: layout, id: id, quarantined: false) { return (m, "queued") }
+        if let m = try? SpoolFileReader.load(layout: layout, id: id, quarantined: true) { return (m, "quarantined") }
+        return nil
+    }
+}
