@@ -9,7 +9,7 @@ enum ReceivedHeader {
         queueID: String, singleRecipient: String?, time: time_t = time(nil)
     ) -> [UInt8] {
         let literal = clientAddress.contains(":") ? "IPv6:\(clientAddress)" : clientAddress
-        var s = "Received: from \(heloName ?? "unknown") ([\(literal)])\r\n"
+        var s = "Received: from \(heloName ?? "unknown") (unknown [\(literal)])\r\n"
         s += "\tby \(serverHostname) (Sluice) with \(protocolName) id \(queueID)"
         if let rcpt = singleRecipient { s += "\r\n\tfor <\(rcpt)>" }
         s += "; \(rfc5322Date(time))\r\n"

@@ -268,11 +268,12 @@ measure() {
     last=$(find "$newdir" -maxdepth 1 -type f -printf '%T@\n' | sort -n | tail -n 1)
     R_ELAPSED=$(fcalc %.3f "($last > $t1 ? $last : $t1) - $t0")
     R_RATE=$(fcalc %.1f "$MESSAGES / $R_ELAPSED")
-    # Sanity: a delivered message carries the whole payload.
+    # Sanity: a delivered message carries the whole payload (maildir files
+    # may store LF instead of CRLF, about 1 byte in 80 less).
     local f sz
     f=$(find "$newdir" -maxdepth 1 -type f -print -quit)
     sz=$(stat -c %s "$f")
-    if (( sz < SIZE )); then
+    if (( sz < SIZE * 95 / 100 )); then
         R_ERR="delivered message $f is only $sz bytes (payload was $SIZE)"
         return 1
     fi
