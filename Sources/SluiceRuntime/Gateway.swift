@@ -23,7 +23,8 @@ public final class Gateway: Sendable {
         chain = try registry.buildChain(config, logger: logger)
         threadPool = NIOThreadPool(numberOfThreads: 16)
         threadPool.start()
-        spool = Spool(layout: SpoolLayout(root: config.spool), threadPool: threadPool, minFreeBytes: UInt64(config.minFreeBytes))
+        let spool = Spool(layout: SpoolLayout(root: config.spool), threadPool: threadPool, minFreeBytes: UInt64(config.minFreeBytes))
+        self.spool = spool
         var deliveryLogger = logger
         deliveryLogger[metadataKey: "component"] = "delivery"
         let delivery = DeliveryAgent(spool: spool, hostname: config.hostname, concurrency: config.deliveryConcurrency, logger: deliveryLogger)
@@ -37,6 +38,7 @@ public final class Gateway: Sendable {
         session.stageKeywords = chain.ehloKeywords
         session.hookedPhases = Set(StagePhase.allCases.filter(chain.hooks))
         session.makeQueueID = QueueID.make
+        session.hasFreeSpace = { spool.hasFreeSpace() }
         var smtpLogger = logger
         smtpLogger[metadataKey: "component"] = "smtpd"
         let context = ServerContext(

@@ -266,6 +266,7 @@ final class SMTPSessionHandler: ChannelInboundHandler {
         case .startData(let reply):
             startMessage()
             framer.beginData()
+            rearmTimer()
             send([reply], close: false)
         case .readChunk(let size, let store, let last):
             storeChunk = store
@@ -276,6 +277,7 @@ final class SMTPSessionHandler: ChannelInboundHandler {
                 framer.startMessage()
             }
             framer.beginBDAT(size: size)
+            rearmTimer()
         case .finishMessage:
             finishMessage()
         }
@@ -497,6 +499,12 @@ final class SMTPSessionHandler: ChannelInboundHandler {
         guard outbound.readableBytes > 0, context.channel.isActive else { return }
         context.writeAndFlush(wrapOutboundOut(outbound), promise: nil)
         outbound = context.channel.allocator.buffer(capacity: 512)
+    }
+
+    /// Entering data: the (usually shorter) data timeout applies from now.
+    private func rearmTimer() {
+        timer?.cancel()
+        armTimer()
     }
 
     /// One timer per session: command or data timeout, re-armed lazily from `lastActivity`.

@@ -19,6 +19,8 @@ public struct SessionConfiguration: Sendable {
     public var hookedPhases: Set<StagePhase> = []
     public var routes: RouteTable
     public var limits = SMTPLimits()
+    /// False when the spool is short of space (`[server] min_free_bytes`): MAIL gets 452 4.3.1.
+    public var hasFreeSpace: @Sendable () -> Bool = { true }
     /// Makes the queue id of a new transaction (at MAIL, as Postfix does).
     public var makeQueueID: @Sendable () -> String = { "" }
 

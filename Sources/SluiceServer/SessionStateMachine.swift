@@ -224,6 +224,9 @@ public struct SessionStateMachine: Sendable {
         case .reject(let r), .tempfail(let r): return fail(r)
         default: break
         }
+        guard configuration.hasFreeSpace() else {
+            return fail(SMTPReply(452, "4.3.1", "Error: insufficient system storage"))
+        }
         transaction = Transaction(queueID: configuration.makeQueueID(), sender: path, parameters: params)
         if configuration.hookedPhases.contains(.mailFrom) {
             phase = .waitingForStages(.mailFrom)

@@ -86,6 +86,7 @@ public final class DeliveryAgent: Sendable {
                         ))
                     }
                 }
+                CrashPoint.reached(.delivered)
                 try spool.remove(id)
                 return done
             }

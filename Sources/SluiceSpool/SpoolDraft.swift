@@ -144,12 +144,16 @@ public final class SpoolDraft {
                 let offset = try FileIO.fileSize(out, path: outPath)
                 envelope.size = offset
                 try FileIO.writeAll(out, try SpoolFileFormat.encodeEnvelope(envelope) + SpoolFileFormat.trailer(envelopeOffset: offset), path: outPath)
+                CrashPoint.reached(.spoolWritten)
                 try FileIO.sync(out, path: outPath)
+                CrashPoint.reached(.spoolSynced)
                 close(out)
                 out = -1
                 let target = commit.quarantine ? layout.quarantineFile(envelope.id) : layout.queueFile(envelope.id)
                 try FileIO.rename(outPath, target)
+                CrashPoint.reached(.spoolRenamed)
                 try (commit.quarantine ? spool.quarantineSync : spool.queueSync).sync()
+                CrashPoint.reached(.spoolCommitted)
             } catch {
                 if out >= 0 { close(out) }
                 try? FileIO.unlink(outPath)

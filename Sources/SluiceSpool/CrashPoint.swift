@@ -1,0 +1,39 @@
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Fault injection for the crash-recovery tests: with `SLUICE_CRASH_AT=<point>:<n>` in the
+/// environment, the process kills itself with SIGKILL the n-th time it reaches that point
+/// (n defaults to 1). Unset, each check is one load of a constant.
+public enum CrashPoint: String, CaseIterable, Sendable {
+    /// Content and envelope written to `tmp/`, not yet fsync'd.
+    case spoolWritten = "spool-written"
+    /// The temp file is fsync'd, not yet renamed into `queue/`.
+    case spoolSynced = "spool-synced"
+    /// Renamed into `queue/`, the directory not yet fsync'd.
+    case spoolRenamed = "spool-renamed"
+    /// Durable in `queue/`; the 250 is not yet sent.
+    case spoolCommitted = "spool-committed"
+    /// The maildir file is in `new/`, its directory not yet fsync'd.
+    case maildirRenamed = "maildir-renamed"
+    /// Delivered durably; the queue file not yet removed.
+    case delivered = "delivered"
+
+    private static let armed: (CrashPoint, Int)? = {
+        guard let raw = getenv("SLUICE_CRASH_AT") else { return nil }
+        let parts = String(cString: raw).split(separator: ":")
+        guard let first = parts.first, let point = CrashPoint(rawValue: String(first)) else { return nil }
+        return (point, parts.count > 1 ? Int(parts[1]) ?? 1 : 1)
+    }()
+    private static let hits = Atomic<Int>(0)
+
+    /// Kills the process here if this point is armed and its count is reached.
+    @inline(__always)
+    static func reached(_ point: CrashPoint) {
+        guard let (armedPoint, count) = armed, armedPoint == point else { return }
+        if hits.add(1, ordering: .relaxed).newValue >= count {
+            kill(getpid(), SIGKILL)
+        }
+    }
+}
