@@ -171,7 +171,9 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     private func handle(_ frame: SMTPFrame) {
         switch frame {
         case .command(let line):
-            perform(machine.commandLine(line, pipelinedInput: inbound.readableBytes > 0, shuttingDown: shutdownRequested))
+            let action = machine.commandLine(line, pipelinedInput: inbound.readableBytes > 0, shuttingDown: shutdownRequested)
+            logRefusal(action, command: String(decoding: line.prefix(200).map { $0 < 0x20 || $0 == 0x7F ? UInt8(ascii: "?") : $0 }, as: UTF8.self))
+            perform(action)
         case .commandTooLong:
             perform(machine.commandLine(nil, pipelinedInput: false, shuttingDown: shutdownRequested))
         case .dataChunk(let chunk):
@@ -261,7 +263,9 @@ final class SMTPSessionHandler: ChannelInboundHandler {
             let (chain, session) = (server.chain, machine.session)
             runAsync({ await chain.rcptTo(recipient, session: session, transaction: tx) }) { handler, result in
                 handler.trace += result.trace
-                handler.perform(handler.machine.stagesFinished(result.verdict))
+                let action = handler.machine.stagesFinished(result.verdict)
+                handler.logRefusal(action, command: "RCPT TO:\(recipient) (\(result.trace.map(\.description).joined(separator: "; ")))")
+                handler.perform(action)
             }
         case .startData(let reply):
             startMessage()
@@ -296,7 +300,9 @@ final class SMTPSessionHandler: ChannelInboundHandler {
             }
         }) { handler, result in
             if phase == .connect || phase == .helo { handler.sessionTrace += result.trace } else { handler.trace += result.trace }
-            handler.perform(handler.machine.stagesFinished(result.verdict))
+            let action = handler.machine.stagesFinished(result.verdict)
+            handler.logRefusal(action, command: "\(phase.rawValue) (\(result.trace.map(\.description).joined(separator: "; ")))")
+            handler.perform(action)
         }
     }
 
@@ -443,6 +449,16 @@ final class SMTPSessionHandler: ChannelInboundHandler {
         busy = false
         perform(action)
         process()
+    }
+
+    /// A refused command gets a line of its own (like Postfix's NOQUEUE lines): what was asked, what was answered.
+    private func logRefusal(_ action: SessionStateMachine.Action, command: String) {
+        guard case .reply(let replies, _) = action, let reply = replies.first, reply.code >= 400 else { return }
+        logger.info("refused", metadata: [
+            "command": "\(command)",
+            "queue_id": "\(machine.transaction?.queueID ?? "")",
+            "reply": "\(reply)",
+        ])
     }
 
     /// One structured line per transaction.

@@ -3,9 +3,10 @@ import Synchronization
 import Glibc
 #endif
 
-/// Fault injection for the crash-recovery tests: with `SLUICE_CRASH_AT=<point>:<n>` in the
-/// environment, the process kills itself with SIGKILL the n-th time it reaches that point
-/// (n defaults to 1). Unset, each check is one load of a constant.
+/// Fault injection for the recovery tests. With `SLUICE_CRASH_AT=<point>:<n>` in the
+/// environment the process kills itself with SIGKILL the n-th time it reaches that point
+/// (n defaults to 1); with `SLUICE_FAIL_AT=<point>:<n>` that step fails with EIO instead, as a
+/// failing disk would. Unset, each check is a load of a constant.
 public enum CrashPoint: String, CaseIterable, Sendable {
     /// Content and envelope written to `tmp/`, not yet fsync'd.
     case spoolWritten = "spool-written"
@@ -20,20 +21,25 @@ public enum CrashPoint: String, CaseIterable, Sendable {
     /// Delivered durably; the queue file not yet removed.
     case delivered = "delivered"
 
-    private static let armed: (CrashPoint, Int)? = {
-        guard let raw = getenv("SLUICE_CRASH_AT") else { return nil }
+    private static func parse(_ variable: String) -> (CrashPoint, Int)? {
+        guard let raw = getenv(variable) else { return nil }
         let parts = String(cString: raw).split(separator: ":")
         guard let first = parts.first, let point = CrashPoint(rawValue: String(first)) else { return nil }
         return (point, parts.count > 1 ? Int(parts[1]) ?? 1 : 1)
-    }()
-    private static let hits = Atomic<Int>(0)
+    }
+    private static let crash = parse("SLUICE_CRASH_AT")
+    private static let failure = parse("SLUICE_FAIL_AT")
+    private static let crashHits = Atomic<Int>(0)
+    private static let failureHits = Atomic<Int>(0)
 
-    /// Kills the process here if this point is armed and its count is reached.
+    /// Kills the process, or fails the step, if this point is armed and its count is reached.
     @inline(__always)
-    static func reached(_ point: CrashPoint) {
-        guard let (armedPoint, count) = armed, armedPoint == point else { return }
-        if hits.add(1, ordering: .relaxed).newValue >= count {
+    static func reached(_ point: CrashPoint) throws {
+        if let (armed, count) = crash, armed == point, crashHits.add(1, ordering: .relaxed).newValue >= count {
             kill(getpid(), SIGKILL)
+        }
+        if let (armed, count) = failure, armed == point, failureHits.add(1, ordering: .relaxed).newValue == count {
+            throw FileIOError(call: "injected fault", path: point.rawValue, errno: EIO)
         }
     }
 }

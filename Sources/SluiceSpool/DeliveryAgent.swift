@@ -86,7 +86,7 @@ public final class DeliveryAgent: Sendable {
                         ))
                     }
                 }
-                CrashPoint.reached(.delivered)
+                try CrashPoint.reached(.delivered)
                 try spool.remove(id)
                 return done
             }

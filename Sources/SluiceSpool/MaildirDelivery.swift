@@ -85,7 +85,7 @@ public final class MaildirDelivery: Sendable {
         close(out)
         let final = folder + "/new/" + name
         try FileIO.rename(tmp, final)
-        CrashPoint.reached(.maildirRenamed)
+        try CrashPoint.reached(.maildirRenamed)
         try sync(for: folder + "/new").sync()
         return final
     }

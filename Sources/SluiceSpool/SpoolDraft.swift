@@ -116,6 +116,7 @@ public final class SpoolDraft {
         return spool.threadPool.runIfActive(eventLoop: eventLoop) {
             var out = fd
             var outPath = path
+            var renamedTo: String?
             do {
                 if out < 0 { out = try FileIO.createExclusive(path) }
                 try buffer.withUnsafeReadableBytes { try FileIO.writeAll(out, $0, path: path) }
@@ -144,20 +145,23 @@ public final class SpoolDraft {
                 let offset = try FileIO.fileSize(out, path: outPath)
                 envelope.size = offset
                 try FileIO.writeAll(out, try SpoolFileFormat.encodeEnvelope(envelope) + SpoolFileFormat.trailer(envelopeOffset: offset), path: outPath)
-                CrashPoint.reached(.spoolWritten)
+                try CrashPoint.reached(.spoolWritten)
                 try FileIO.sync(out, path: outPath)
-                CrashPoint.reached(.spoolSynced)
+                try CrashPoint.reached(.spoolSynced)
                 close(out)
                 out = -1
                 let target = commit.quarantine ? layout.quarantineFile(envelope.id) : layout.queueFile(envelope.id)
                 try FileIO.rename(outPath, target)
-                CrashPoint.reached(.spoolRenamed)
+                renamedTo = target
+                try CrashPoint.reached(.spoolRenamed)
                 try (commit.quarantine ? spool.quarantineSync : spool.queueSync).sync()
-                CrashPoint.reached(.spoolCommitted)
+                try CrashPoint.reached(.spoolCommitted)
             } catch {
+                // The client will hear 451: take back whatever this commit left, even in queue/.
                 if out >= 0 { close(out) }
                 try? FileIO.unlink(outPath)
                 try? FileIO.unlink(path)
+                if let renamedTo { try? FileIO.unlink(renamedTo) }
                 throw error
             }
         }
