@@ -17,6 +17,10 @@ public final class SpoolDraft {
     private var pending: ByteBuffer
     private var fd: Int32 = -1
     private var written = 0
+    /// Set by `discard()`: work still in flight cleans up after itself, and no commit may follow.
+    private var discarded = false
+    /// A background write holds the descriptor.
+    private var inFlight = false
     /// The first octets of the message, kept to parse the header section.
     public private(set) var headerPrefix: [UInt8] = []
     /// Octets appended so far.
@@ -57,10 +61,12 @@ public final class SpoolDraft {
 
     /// Writes pending content to `tmp/<id>`.
     public func flush() -> EventLoopFuture<Void> {
+        if discarded { return eventLoop.makeFailedFuture(SpoolDraftDiscarded()) }
         let buffer = pending
         pending = ByteBufferAllocator().buffer(capacity: 8192)
         let fd = self.fd
         let path = tmpPath
+        inFlight = true
         return spool.threadPool.runIfActive(eventLoop: eventLoop) { () throws -> Int32 in
             let out = fd >= 0 ? fd : try FileIO.createExclusive(path)
             do {
@@ -70,9 +76,33 @@ public final class SpoolDraft {
                 throw error
             }
             return out
-        }.map { out in
-            self.fd = out
-            self.written += buffer.readableBytes
+        }.flatMapResultOnLoop { result -> Result<Void, any Error> in
+            self.inFlight = false
+            switch result {
+            case .success(let out):
+                self.fd = out
+                self.written += buffer.readableBytes
+                if self.discarded {
+                    // The session ended while this write ran: the write's owner cleans up.
+                    self.releaseFile()
+                    return .failure(SpoolDraftDiscarded())
+                }
+                return .success(())
+            case .failure(let error):
+                if self.discarded { self.releaseFile() }
+                return .failure(error)
+            }
+        }
+    }
+
+    /// Closes and removes the temp file in the background.
+    private func releaseFile() {
+        let fd = self.fd
+        self.fd = -1
+        let path = tmpPath
+        spool.threadPool.submit { _ in
+            if fd >= 0 { close(fd) }
+            try? FileIO.unlink(path)
         }
     }
 
@@ -106,6 +136,8 @@ public final class SpoolDraft {
     /// is renamed into `queue/` (or `quarantine/`) and that directory is fsync'd. Only when the
     /// future succeeds may the session answer 250. On failure the temp file is gone.
     public func commit(_ commit: Commit) -> EventLoopFuture<Void> {
+        if discarded { return eventLoop.makeFailedFuture(SpoolDraftDiscarded()) }
+        discarded = true  // from here on the commit owns the file; a later discard() is a no-op
         let buffer = pending
         pending = ByteBufferAllocator().buffer(capacity: 0)
         let fd = self.fd
@@ -190,16 +222,24 @@ public final class SpoolDraft {
         }
     }
 
-    /// Drops the message: closes and removes the temp file.
+    /// Drops the message: closes and removes the temp file (after any write still in flight).
     public func discard() {
+        if discarded { return }
+        discarded = true
         pending.clear()
-        let fd = self.fd
-        self.fd = -1
-        let path = tmpPath
-        guard fd >= 0 else { return }
-        spool.threadPool.submit { _ in
-            close(fd)
-            try? FileIO.unlink(path)
-        }
+        if !inFlight { releaseFile() }
+    }
+}
+
+/// The draft was discarded (the session ended or the message was refused) before this step.
+struct SpoolDraftDiscarded: Error {}
+
+extension EventLoopFuture {
+    /// Maps success and failure alike, on the future's event loop.
+    func flatMapResultOnLoop<U: Sendable>(_ body: @escaping (Result<Value, any Error>) -> Result<U, any Error>) -> EventLoopFuture<U> {
+        let promise = eventLoop.makePromise(of: U.self)
+        let loopBound = NIOLoopBound(body, eventLoop: eventLoop)
+        whenComplete { promise.completeWith(loopBound.value($0)) }
+        return promise.futureResult
     }
 }
