@@ -18,7 +18,7 @@ enum FileIO {
     }
 
     static func createExclusive(_ path: String) throws -> Int32 {
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         try check(fd, "open", path)
         return fd
     }

@@ -5,5 +5,6 @@ public enum BuiltinStages {
     public static let all: [StageFactory] = [
         AccessStage.factory,
         SizeLimitStage.factory,
+        HeaderChecksStage.factory,
     ]
 }

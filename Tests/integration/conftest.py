@@ -44,6 +44,8 @@ def toml_value(v) -> str:
         return json.dumps(v, ensure_ascii=False)  # JSON basic strings are valid TOML
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(f"cannot render {v!r} as TOML")
 
 
