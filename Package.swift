@@ -52,5 +52,25 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        .testTarget(name: "SMTPCoreTests", dependencies: ["SMTPCore"]),
+        .testTarget(name: "SluiceServerTests", dependencies: [
+            "SluiceServer", "SMTPCore", "SluiceStageAPI",
+            .product(name: "NIOCore", package: "swift-nio"),
+        ]),
+        .testTarget(name: "SluicePipelineTests", dependencies: ["SluicePipeline", "SluiceStageAPI", "SMTPCore"]),
+        .testTarget(name: "SluiceSpoolTests", dependencies: [
+            "SluiceSpool", "SluicePipeline", "SluiceStageAPI", "SMTPCore",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "SluiceStagesTests", dependencies: [
+            "SluiceStages", "SluiceStageAPI", "SMTPCore",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "SluiceRuntimeTests", dependencies: [
+            "SluiceRuntime", "SluiceStageAPI", "SluicePipeline", "SluiceServer", "SluiceStages", "SMTPCore",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
     ]
 )

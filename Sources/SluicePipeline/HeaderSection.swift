@@ -37,7 +37,13 @@ public struct HeaderSection: Sendable, Hashable {
                 }
                 guard bytes[end + 2] == UInt8(ascii: " ") || bytes[end + 2] == UInt8(ascii: "\t") else { break }
                 guard let next = Self.lineEnd(bytes, from: end + 2) else {
-                    return HeaderSection(fields: fields, bodyOffset: i, complete: false)
+                    guard atEnd else { return HeaderSection(fields: fields, bodyOffset: i, complete: false) }
+                    // The message ends inside this field's last continuation line.
+                    fields.append(HeaderField(
+                        name: String(decoding: bytes[i..<colon], as: UTF8.self),
+                        value: String(decoding: bytes[(colon + 1)..<n], as: UTF8.self)
+                    ))
+                    return HeaderSection(fields: fields, bodyOffset: n, complete: true)
                 }
                 end = next
             }

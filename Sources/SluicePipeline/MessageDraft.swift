@@ -29,6 +29,11 @@ public struct MessageDraft: Sendable {
         return nil
     }
 
+    /// Same mailbox: local parts exactly, domains case-insensitively (RFC 5321 2.4).
+    static func sameAddress(_ a: Mailbox, _ b: Mailbox) -> Bool {
+        a.localPart == b.localPart && a.normalizedDomain == b.normalizedDomain
+    }
+
     /// Applies one edit. Header edits follow milter semantics: changing a field that does not
     /// exist adds it; changing to an empty value deletes it.
     public mutating func apply(_ edit: MessageEdit) {
@@ -52,11 +57,11 @@ public struct MessageDraft: Sendable {
                 headersChanged = true
             }
         case .addRecipient(let mailbox, let parameters):
-            if !recipients.contains(where: { $0.mailbox == mailbox }) {
+            if !recipients.contains(where: { Self.sameAddress($0.mailbox, mailbox) }) {
                 recipients.append(Recipient(mailbox, parameters: parameters))
             }
         case .deleteRecipient(let mailbox):
-            recipients.removeAll { $0.mailbox.localPart == mailbox.localPart && $0.mailbox.normalizedDomain == mailbox.normalizedDomain }
+            recipients.removeAll { Self.sameAddress($0.mailbox, mailbox) }
         case .changeSender(let path, let parameters):
             sender = path
             senderParameters = parameters

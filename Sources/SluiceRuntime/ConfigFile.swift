@@ -84,7 +84,7 @@ public struct ConfigFile {
     /// A table for typed reading with unknown-key detection.
     public func table(_ path: String, _ values: [String: ConfigValue]) -> ConfigTable {
         ConfigTable(path: path, file: self.path, values: values) { [lines] key in
-            lines["\(path).\(key)"] ?? lines[path]
+            path.isEmpty ? lines[key] : lines["\(path).\(key)"] ?? lines[path]
         }
     }
 }

@@ -175,7 +175,7 @@ public struct SMTPFramer: Sendable {
                     emit(i)
                     segmentStart = i + 1
                     atLineStart = false
-                    lineLength = 1
+                    lineLength = 0  // the stuffing dot does not count (RFC 5321 4.5.3.1.6)
                     i += 1
                     continue
                 }

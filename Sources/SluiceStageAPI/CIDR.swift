@@ -42,15 +42,20 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
     public init?(_ text: String) {
         let parts = text.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
         guard let address = IPAddress(String(parts[0])) else { return nil }
-        let maxLength = address.bytes.count * 8
+        // The prefix counts bits of the address as written; an IPv4-mapped IPv6 network
+        // (::ffff:a.b.c.d/n, n >= 96) becomes the IPv4 network /(n - 96).
+        let writtenAsIPv6 = parts[0].contains(":")
+        let maxLength = writtenAsIPv6 ? 128 : 32
         var length = maxLength
         if parts.count == 2 {
-            guard let l = Int(parts[1]), l >= 0, l <= maxLength, parts[1].allSatisfy(\.isNumber) else { return nil }
-            // An IPv4-mapped IPv6 network keeps its meaning when mapped to IPv4.
+            guard !parts[1].isEmpty, parts[1].allSatisfy(\.isASCII), parts[1].allSatisfy(\.isNumber),
+                  let l = Int(parts[1]), l >= 0, l <= maxLength
+            else { return nil }
             length = l
         }
-        if parts.count == 2, address.isIPv4, String(parts[0]).contains(":") {
-            length = max(0, length - 96)
+        if writtenAsIPv6 && address.isIPv4 {
+            guard length >= 96 else { return nil }
+            length -= 96
         }
         self.network = address
         self.prefixLength = length

@@ -61,7 +61,8 @@ public final class ConfigTable {
     public var keys: [String] { values.keys.sorted() }
 
     public func error(_ key: String, _ message: String) -> ConfigError {
-        ConfigError(file: file, line: lineOf(key), key: key.isEmpty ? path : "\(path).\(key)", message: message)
+        let name = key.isEmpty ? path : path.isEmpty ? key : "\(path).\(key)"
+        return ConfigError(file: file, line: lineOf(key), key: name, message: message)
     }
 
     public func contains(_ key: String) -> Bool { values[key] != nil }

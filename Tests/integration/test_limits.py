@@ -170,14 +170,19 @@ def test_command_timeout(gateway_factory):
         c.close()
 
 
-def test_data_timeout(gateway_factory):
+@pytest.mark.parametrize("mode", ["DATA", "BDAT"])
+def test_data_timeout(gateway_factory, mode):
+    """data_timeout_s (not command_timeout_s, left at its 300 s default) bounds a stalled DATA/BDAT."""
     gw = gateway_factory(data_timeout_s=1)
     c = gw.session()
     try:
         assert c.cmd("MAIL FROM:<sender@client.test>").code == 250
         assert c.cmd("RCPT TO:<someone@example.test>").code == 250
-        assert c.cmd("DATA").code == 354
-        c.send(b"Subject: stalled\r\n\r\npartial")
+        if mode == "DATA":
+            assert c.cmd("DATA").code == 354
+            c.send(b"Subject: stalled\r\n\r\npartial")
+        else:
+            c.send(b"BDAT 1000\r\nSubject: stalled\r\n\r\npartial")
         r = c.read_reply(8)
         assert (r.code, r.enhanced) == (421, "4.4.2"), r
         assert c.is_closed(5)
@@ -313,3 +318,12 @@ def test_max_message_bytes_without_stage(gateway_factory):
         assert r.code == 250, r
     gw.assert_nothing_delivered()
     gw.assert_nothing_spooled()
+
+
+def test_max_message_bytes_mail_size_param(gateway_factory):
+    gw = gateway_factory(max_message_bytes=2000)
+    with gw.session() as c:
+        r = c.cmd("MAIL FROM:<sender@client.test> SIZE=2001")
+        assert (r.code, r.enhanced) == (552, "5.3.4"), r
+        r = c.cmd("MAIL FROM:<sender@client.test> SIZE=1500")
+        assert (r.code, r.enhanced) == (250, "2.1.0"), r

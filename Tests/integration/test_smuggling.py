@@ -132,3 +132,25 @@ def test_nul_in_command(gateway):
         assert (r.code, r.enhanced) == (503, "5.5.1"), r
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("name,data", [
+    ("bare_lf", b"line one\nline two\r\n"),
+    ("bare_cr", b"line one\rline two\r\n"),
+    ("nul", b"line one\x00line two\r\n"),
+    ("lf_dot_lf_then_commands", b"x\n.\nMAIL FROM:<evil@attacker.test>\r\nRCPT TO:<smuggled@example.test>\r\n"),
+], ids=["bare_lf", "bare_cr", "nul", "lf_dot_lf_then_commands"])
+def test_bad_line_endings_in_bdat_rejected(gateway, name, data):
+    msg = b"Subject: t\r\nMessage-ID: <badbdat@client.test>\r\n\r\n" + data
+    c = gateway.session()
+    try:
+        assert c.cmd("MAIL FROM:<sender@client.test>").code == 250
+        assert c.cmd("RCPT TO:<victim@example.test>").code == 250
+        c.send(f"BDAT {len(msg)} LAST\r\n".encode() + msg)
+        r = c.read_reply()
+        assert (r.code, r.enhanced) == (550, "5.6.0"), r
+        assert c.poll_reply(1.0) is None, "extra reply after the BDAT LAST verdict"
+        assert c.cmd("NOOP").code == 250
+    finally:
+        c.close()
+    gateway.assert_nothing_delivered()
