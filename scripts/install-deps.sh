@@ -5,8 +5,8 @@ set -euo pipefail
 what=${1:-test}
 pkgs=()
 case "$what" in
-  run)   pkgs=() ;;
-  test)  pkgs=(swaks python3-pytest python3-aiosmtpd python3-dnslib procps) ;;
+  run)   pkgs=(swaks) ;;
+  test)  pkgs=(swaks postfix python3-pytest python3-aiosmtpd python3-dnslib procps) ;;
   bench) pkgs=(postfix python3 procps) ;;
   *) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
 esac

@@ -81,8 +81,8 @@ public final class Spool: Sendable {
     }
 
     /// Ids in `queue/` (or `quarantine/`), oldest first.
-    public func list(quarantined: Bool = false) throws -> [String] {
-        try FileIO.list(quarantined ? layout.quarantine : layout.queue).filter(QueueID.isValid).sorted()
+    public func list(quarantined: Bool = false) -> [String] {
+        SpoolFileReader.ids(layout: layout, quarantined: quarantined)
     }
 
     /// Removes a delivered message from the queue.

@@ -53,6 +53,11 @@ final class ChunkReader: @unchecked Sendable {
 
 /// Reads queue files' envelopes (blocking; also used by the `queue` commands without a running gateway).
 public enum SpoolFileReader {
+    /// Ids in `queue/` (or `quarantine/`), oldest first; none when the folder does not exist.
+    public static func ids(layout: SpoolLayout, quarantined: Bool) -> [String] {
+        ((try? FileIO.list(quarantined ? layout.quarantine : layout.queue)) ?? []).filter(QueueID.isValid).sorted()
+    }
+
     public static func load(layout: SpoolLayout, id: String, quarantined: Bool) throws -> Spool.StoredMessage {
         guard QueueID.isValid(id) else { throw SpoolError.notFound(id) }
         let path = quarantined ? layout.quarantineFile(id) : layout.queueFile(id)

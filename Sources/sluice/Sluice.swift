@@ -168,9 +168,7 @@ struct SpoolReading {
     }
 
     func messages(quarantined: Bool) -> [Spool.StoredMessage] {
-        let dir = quarantined ? layout.quarantine : layout.queue
-        let names = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter(QueueID.isValid).sorted()
-        return names.compactMap { try? SpoolFileReader.load(layout: layout, id: $0, quarantined: quarantined) }
+        SpoolFileReader.ids(layout: layout, quarantined: quarantined).compactMap { try? SpoolFileReader.load(layout: layout, id: $0, quarantined: quarantined) }
     }
 
     func summaries() -> [Summary] {

@@ -327,3 +327,12 @@ def test_max_message_bytes_mail_size_param(gateway_factory):
         assert (r.code, r.enhanced) == (552, "5.3.4"), r
         r = c.cmd("MAIL FROM:<sender@client.test> SIZE=1500")
         assert (r.code, r.enhanced) == (250, "2.1.0"), r
+
+
+def test_low_free_space_on_the_spool_answers_452_at_mail(gateway_factory):
+    # More free space required than any disk here has: every MAIL must be deferred.
+    gw = gateway_factory(min_free_bytes=2**62)
+    with gw.session() as c:
+        r = c.cmd("MAIL FROM:<a@client.test>")
+        assert (r.code, r.enhanced) == (452, "4.3.1"), r
+    gw.assert_nothing_spooled()
