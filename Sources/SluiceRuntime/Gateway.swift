@@ -21,7 +21,7 @@ public final class Gateway: Sendable {
         self.logger = logger
         self.config = config.resolved
         chain = try registry.buildChain(config, logger: logger)
-        threadPool = NIOThreadPool(numberOfThreads: 16)
+        threadPool = NIOThreadPool(numberOfThreads: config.deliveryConcurrency + 32)
         threadPool.start()
         let spool = Spool(layout: SpoolLayout(root: config.spool), threadPool: threadPool, minFreeBytes: UInt64(config.minFreeBytes))
         self.spool = spool

@@ -20,7 +20,7 @@ import SluiceStageAPI
 /// - `pipelining_violation` (`"disconnect"` | `"allow"`): input after DATA before the 354.
 /// - `min_free_bytes` (104857600): below this free space on the spool, MAIL gets 452 4.3.1.
 /// - `shutdown_grace_s` (30): how long open transactions may run after SIGTERM.
-/// - `delivery_concurrency` (8): parallel deliveries.
+/// - `delivery_concurrency` (32): parallel deliveries (mostly waiting on fsync).
 /// - `log_level` (`"info"`): trace, debug, info, notice, warning, error, critical.
 ///
 /// `[[listener]]`: `address` (`"127.0.0.1:2525"`, `"[::1]:2525"`).
@@ -114,7 +114,7 @@ public struct GatewayConfig {
         disconnectOnPipeliningViolation = try server.choice("pipelining_violation", ["disconnect", "allow"], default: "disconnect") == "disconnect"
         minFreeBytes = try server.int("min_free_bytes", default: 104_857_600, range: 0...Int.max)
         shutdownGraceSeconds = try server.int("shutdown_grace_s", default: 30, range: 0...3600)
-        deliveryConcurrency = try server.int("delivery_concurrency", default: 8, range: 1...256)
+        deliveryConcurrency = try server.int("delivery_concurrency", default: 32, range: 1...256)
         logLevel = try server.choice("log_level", ["trace", "debug", "info", "notice", "warning", "error", "critical"], default: "info")
         try server.finish()
 

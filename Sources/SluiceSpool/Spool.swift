@@ -18,6 +18,7 @@ public final class Spool: Sendable {
     public let threadPool: NIOThreadPool
     let queueSync: DirectorySync
     let quarantineSync: DirectorySync
+    let files: FilePool
     /// Below this many free bytes MAIL gets 452 4.3.1 (`[server] min_free_bytes`).
     public let minFreeBytes: UInt64
     private let freeSpace = Mutex<(checkedAt: UInt64, free: UInt64)>((0, UInt64.max))
@@ -28,6 +29,7 @@ public final class Spool: Sendable {
         self.minFreeBytes = minFreeBytes
         self.queueSync = DirectorySync(path: layout.queue)
         self.quarantineSync = DirectorySync(path: layout.quarantine)
+        self.files = FilePool(directory: layout.free)
     }
 
     /// True when the spool's file system has at least `minFreeBytes` free (checked at most once a second).
@@ -46,12 +48,13 @@ public final class Spool: Sendable {
         SpoolDraft(spool: self, id: id, eventLoop: eventLoop)
     }
 
-    /// Startup recovery: removes unfinished files from `tmp/` (they were never acknowledged),
+    /// Startup recovery: retires unfinished files from `tmp/` (they were never acknowledged),
     /// moves unreadable queue files to `corrupt/`, and returns the ids waiting in `queue/`.
     public func recover(logger: Logger) throws -> [String] {
         try layout.create()
+        files.load()
         for name in try FileIO.list(layout.tmp) {
-            try FileIO.unlink(layout.tmp + "/" + name)
+            try files.retire(layout.tmp + "/" + name)
             logger.info("removed unfinished spool file", metadata: ["file": "\(name)"])
         }
         var ids: [String] = []
@@ -87,6 +90,6 @@ public final class Spool: Sendable {
 
     /// Removes a delivered message from the queue.
     public func remove(_ id: String) throws {
-        try FileIO.unlink(layout.queueFile(id))
+        try files.retire(layout.queueFile(id))
     }
 }

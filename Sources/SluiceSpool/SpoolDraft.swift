@@ -66,9 +66,10 @@ public final class SpoolDraft {
         pending = ByteBufferAllocator().buffer(capacity: 8192)
         let fd = self.fd
         let path = tmpPath
+        let files = spool.files
         inFlight = true
         return spool.threadPool.runIfActive(eventLoop: eventLoop) { () throws -> Int32 in
-            let out = fd >= 0 ? fd : try FileIO.createExclusive(path)
+            let out = fd >= 0 ? fd : try files.create(path)
             do {
                 try buffer.withUnsafeReadableBytes { try FileIO.writeAll(out, $0, path: path) }
             } catch {
@@ -100,9 +101,10 @@ public final class SpoolDraft {
         let fd = self.fd
         self.fd = -1
         let path = tmpPath
+        let files = spool.files
         spool.threadPool.submit { _ in
             if fd >= 0 { close(fd) }
-            try? FileIO.unlink(path)
+            try? files.retire(path)
         }
     }
 
@@ -150,7 +152,7 @@ public final class SpoolDraft {
             var outPath = path
             var renamedTo: String?
             do {
-                if out < 0 { out = try FileIO.createExclusive(path) }
+                if out < 0 { out = try spool.files.create(path) }
                 try buffer.withUnsafeReadableBytes { try FileIO.writeAll(out, $0, path: path) }
                 var envelope = commit.envelope
                 if commit.headers != nil || commit.replacementBody != nil {

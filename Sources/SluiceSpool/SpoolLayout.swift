@@ -1,5 +1,6 @@
 /// The folders of a spool root: `tmp/` (being written; cleared at start), `queue/` (accepted,
-/// waiting for delivery), `quarantine/` (held by a stage's verdict), `corrupt/` (unreadable files).
+/// waiting for delivery), `quarantine/` (held by a stage's verdict), `corrupt/` (unreadable files),
+/// `free/` (retired files kept for reuse).
 public struct SpoolLayout: Sendable {
     public let root: String
 
@@ -9,6 +10,8 @@ public struct SpoolLayout: Sendable {
     public var queue: String { root + "/queue" }
     public var quarantine: String { root + "/quarantine" }
     public var corrupt: String { root + "/corrupt" }
+    /// Retired spool files kept for reuse (see `FilePool`).
+    public var free: String { root + "/free" }
 
     public func queueFile(_ id: String) -> String { queue + "/" + id }
     public func quarantineFile(_ id: String) -> String { quarantine + "/" + id }
@@ -16,6 +19,6 @@ public struct SpoolLayout: Sendable {
 
     /// Creates the folders (and the root) when missing.
     public func create() throws {
-        for dir in [root, tmp, queue, quarantine, corrupt] { try FileIO.makeDirectories(dir) }
+        for dir in [root, tmp, queue, quarantine, corrupt, free] { try FileIO.makeDirectories(dir) }
     }
 }

@@ -119,6 +119,26 @@ stop_private_postfix() {
     PF_STARTED=0
 }
 
+# Each server gets a fresh ext4 file system (a loop-mounted sparse image) when the machine
+# allows it: ext4 slows inode allocation after many recent deletions, so a server measured
+# on a disk the other one (or a previous run) just churned would pay for their deletions.
+# BENCH_FRESH_FS=0 measures in /tmp directly.
+FRESH_FS=${BENCH_FRESH_FS:-1}
+MOUNTS=()
+fresh_fs() {
+    local dir=$1 img="$1.img"
+    mkdir -p "$dir"
+    (( FRESH_FS )) || return 0
+    if truncate -s 4G "$img" && mkfs.ext4 -q -F "$img" >/dev/null 2>&1 && mount -o loop "$img" "$dir" 2>/dev/null; then
+        chmod 755 "$dir"
+        MOUNTS+=("$dir")
+        log "fresh ext4 file system for $(basename "$dir")"
+    else
+        rm -f "$img"
+        log "no fresh file system for $(basename "$dir") (loop mount unavailable); measuring in $WORK"
+    fi
+}
+
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
     local rc=$?
@@ -130,6 +150,8 @@ cleanup() {
     if (( SYSTEM_PF_STARTED_BY_US )) && system_postfix_running; then
         postfix stop >/dev/null 2>&1
     fi
+    local m
+    for m in "${MOUNTS[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; done
     if [[ -n $WORK && -d $WORK ]]; then
         if [[ $KEEP == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
     fi
@@ -283,6 +305,7 @@ measure() {
 PF_OK=0; PF_LINE=""
 run_postfix() {
     local base="$WORK/postfix"
+    fresh_fs "$base"
     PF_ETC="$base/etc"; PF_Q="$base/queue"
     local data="$base/data" vmail="$base/vmail" maillog="$base/maillog"
     local uid gid
@@ -424,6 +447,7 @@ start_sluice() {  # DIR -> SL_PID, or returns 1 with SL_LINE set
 SL_OK=0; SL_LINE=""
 run_sluice() {
     local dir="$WORK/sluice"
+    fresh_fs "$dir"
     write_sluice_conf "$dir" "$SL_PORT" ""
     start_sluice "$dir" || return 1
     log "sluice: up (pid $SL_PID, config $dir/pipeline.conf)"
