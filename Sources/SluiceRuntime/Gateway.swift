@@ -27,10 +27,19 @@ public final class Gateway: Sendable {
         self.spool = spool
         var deliveryLogger = logger
         deliveryLogger[metadataKey: "component"] = "delivery"
-        let delivery = DeliveryAgent(spool: spool, hostname: config.hostname, concurrency: config.deliveryConcurrency, logger: deliveryLogger)
+        let routes = RouteTable(config.routes)
+        let relay = RelayClient(
+            hostname: config.hostname, group: MultiThreadedEventLoopGroup.singleton, threadPool: threadPool,
+            timeouts: config.relayTimeouts, logger: deliveryLogger
+        )
+        let delivery = DeliveryAgent(
+            spool: spool, hostname: config.hostname, relay: relay, policy: config.queue,
+            concurrency: config.deliveryConcurrency,
+            route: { try? routes.destination(for: $0, trusted: true).get() }, logger: deliveryLogger
+        )
         self.delivery = delivery
 
-        var session = SessionConfiguration(hostname: config.hostname, routes: RouteTable(config.routes))
+        var session = SessionConfiguration(hostname: config.hostname, routes: routes)
         session.maxRecipients = config.maxRecipients
         session.maxErrors = config.maxErrors
         session.maxMessageBytes = min(config.maxMessageBytes, chain.messageSizeLimit ?? Int.max)

@@ -23,8 +23,12 @@ import SluiceStageAPI
 /// - `delivery_concurrency` (32): parallel deliveries (mostly waiting on fsync).
 /// - `log_level` (`"info"`): trace, debug, info, notice, warning, error, critical.
 ///
+/// `[queue]` keys: `min_backoff_s` (300), `max_backoff_s` (3600), `max_lifetime_s` (432000),
+/// `destination_concurrency` (20), `connect_timeout_s` (30), `command_timeout_s` (300).
+///
 /// `[[listener]]`: `address` (`"127.0.0.1:2525"`, `"[::1]:2525"`).
-/// `[[route]]`: `domains` (names, or `"*"` for trusted clients only), `to` (`"maildir:PATH"`).
+/// `[[route]]`: `domains` (names, or `"*"` for trusted clients only), `to` (`"maildir:PATH"`,
+/// `"smtp://host:port"`, `"lmtp://host:port"`, `"lmtp:unix:/path"`).
 /// `[[stage]]`: `use` (a registered stage), `name` (default: `use`), `timeout_ms` (30000),
 /// `on_error` (`"tempfail"` | `"accept"` | `"reject"`), and the stage's own keys.
 public struct GatewayConfig {
@@ -60,6 +64,8 @@ public struct GatewayConfig {
     public var listenerTexts: [String]
     public var routes: [RouteTable.Route]
     public var stages: [StageSpec]
+    public var queue: QueuePolicy
+    public var relayTimeouts: RelayTimeouts
 
     public static func load(path: String) throws -> GatewayConfig {
         let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
@@ -86,6 +92,11 @@ public struct GatewayConfig {
         let listenerTables = try tables("listener")
         let routeTables = try tables("route")
         let stageTables = try tables("stage")
+        var queueValues: [String: ConfigValue] = [:]
+        if let v = root.value("queue") {
+            guard case .table(let t) = v else { throw root.error("queue", "expected a [queue] table") }
+            queueValues = t
+        }
         try root.finish()
 
         let server = file.table("server", serverValues)
@@ -118,6 +129,17 @@ public struct GatewayConfig {
         logLevel = try server.choice("log_level", ["trace", "debug", "info", "notice", "warning", "error", "critical"], default: "info")
         try server.finish()
 
+        let q = file.table("queue", queueValues)
+        queue = QueuePolicy()
+        queue.minBackoff = .seconds(try q.int("min_backoff_s", default: 300, range: 1...86_400))
+        queue.maxBackoff = .seconds(try q.int("max_backoff_s", default: 3600, range: 1...604_800))
+        queue.maxLifetime = Double(try q.int("max_lifetime_s", default: 432_000, range: 1...31_536_000))
+        queue.destinationConcurrency = try q.int("destination_concurrency", default: 20, range: 1...1000)
+        relayTimeouts = RelayTimeouts()
+        relayTimeouts.connect = .seconds(Int64(try q.int("connect_timeout_s", default: 30, range: 1...3600)))
+        relayTimeouts.command = .seconds(Int64(try q.int("command_timeout_s", default: 300, range: 1...3600)))
+        try q.finish()
+
         listeners = []
         listenerTexts = []
         for (i, values) in listenerTables.enumerated() {
@@ -146,7 +168,7 @@ public struct GatewayConfig {
             }
             guard let to = try t.string("to") else { throw t.error("to", "missing (e.g. \"maildir:var/mail\")") }
             guard let destination = Destination(parsing: to, baseDirectory: directory) else {
-                throw t.error("to", "'\(to)' is not a supported destination (this version delivers to \"maildir:PATH\")")
+                throw t.error("to", "'\(to)' is not a destination: use \"maildir:PATH\", \"smtp://host:port\", \"lmtp://host:port\" or \"lmtp:unix:/path\"")
             }
             try t.finish()
             routes.append(RouteTable.Route(domains: domains, destination: destination.description))

@@ -3,10 +3,16 @@ import NIOCore
 import NIOPosix
 import SMTPCore
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+import SluiceStageAPI
 
-/// Where a recipient's mail goes, from a route's `to` (`maildir:PATH`).
+/// Where a recipient's mail goes, from a route's `to`: `maildir:PATH`, `smtp://host[:port]`,
+/// `lmtp://host[:port]` or `lmtp:unix:/path`.
 public enum Destination: Sendable, Hashable, CustomStringConvertible {
     case maildir(root: String)
+    case relay(RelayEndpoint)
 
     /// Parses a route's `to`; relative maildir paths resolve against `baseDirectory`.
     public init?(parsing text: String, baseDirectory: String) {
@@ -14,35 +20,102 @@ public enum Destination: Sendable, Hashable, CustomStringConvertible {
             let path = String(text.dropFirst("maildir:".count))
             guard !path.isEmpty else { return nil }
             self = .maildir(root: path.hasPrefix("/") ? path : baseDirectory + "/" + path)
+        } else if text.hasPrefix("lmtp:unix:") {
+            let path = String(text.dropFirst("lmtp:unix:".count))
+            guard !path.isEmpty else { return nil }
+            self = .relay(.lmtpUnix(path: path.hasPrefix("/") ? path : baseDirectory + "/" + path))
+        } else if text.hasPrefix("smtp://"), let (host, port) = Self.hostPort(text.dropFirst(7), defaultPort: 25) {
+            self = .relay(.smtp(host: host, port: port))
+        } else if text.hasPrefix("lmtp://"), let (host, port) = Self.hostPort(text.dropFirst(7), defaultPort: 24) {
+            self = .relay(.lmtp(host: host, port: port))
         } else {
             return nil
         }
     }
 
+    /// `host`, `host:port`, `[v6]`, `[v6]:port`.
+    static func hostPort(_ text: Substring, defaultPort: Int) -> (String, Int)? {
+        var host = text
+        var port = defaultPort
+        if host.hasPrefix("[") {
+            guard let close = host.firstIndex(of: "]") else { return nil }
+            let rest = host[host.index(after: close)...]
+            host = host[host.index(after: host.startIndex)..<close]
+            if !rest.isEmpty {
+                guard rest.hasPrefix(":"), let p = Int(rest.dropFirst()) else { return nil }
+                port = p
+            }
+        } else if let colon = host.lastIndex(of: ":") {
+            guard let p = Int(host[host.index(after: colon)...]) else { return nil }
+            port = p
+            host = host[..<colon]
+        }
+        guard !host.isEmpty, (1...65535).contains(port), !host.contains("/") else { return nil }
+        return (String(host), port)
+    }
+
     public var description: String {
         switch self {
         case .maildir(let root): "maildir:\(root)"
+        case .relay(let endpoint): endpoint.description
         }
     }
 }
 
-/// Takes queued messages out of the spool and delivers them, several at a time. It only reads
-/// the spool; sessions hand it queue ids after their 250 and startup recovery hands it the rest.
-/// A failed delivery stays queued and is retried with a growing delay (1 min doubling to 1 h).
+/// Retry and limit settings of the queue manager (`[queue]`).
+public struct QueuePolicy: Sendable {
+    /// `min_backoff_s` (300): the delay before the first retry; it doubles with each attempt.
+    public var minBackoff: Duration = .seconds(300)
+    /// `max_backoff_s` (3600): the longest delay between attempts.
+    public var maxBackoff: Duration = .seconds(3600)
+    /// `max_lifetime_s` (432000, 5 days): a recipient still deferred after this is bounced.
+    public var maxLifetime: Double = 432_000
+    /// `destination_concurrency` (20): connections to one next hop at a time.
+    public var destinationConcurrency = 20
+
+    public init() {}
+
+    func backoff(attempt: Int) -> Duration {
+        var delay = minBackoff
+        for _ in 1..<max(1, attempt) where delay < maxBackoff { delay *= 2 }
+        return min(delay, maxBackoff)
+    }
+}
+
+/// Takes queued messages out of the spool and delivers them, several at a time: into maildirs,
+/// or to next hops over SMTP/LMTP. It only reads the spool; sessions hand it queue ids after
+/// their 250 and startup recovery hands it the rest.
+///
+/// Each recipient ends delivered, deferred (retried with exponential backoff until
+/// `max_lifetime_s`) or failed. Recipients resolved while others stay deferred are recorded in
+/// `spool/state/<id>` (fsync'd) so a retry never repeats them. When all are resolved, failed
+/// ones are reported to the sender in a DSN (RFC 3464), unless the sender is `<>`.
 public final class DeliveryAgent: Sendable {
     private let spool: Spool
     private let maildir: MaildirDelivery
+    private let relay: RelayClient
+    private let policy: QueuePolicy
+    private let bounces: BounceWriter
     private let logger: Logger
     private let concurrency: Int
     private let stream: AsyncStream<String>
     private let input: AsyncStream<String>.Continuation
     private let attempts = Mutex<[String: Int]>([:])
+    private let limiter: DestinationLimiter
 
-    public init(spool: Spool, hostname: String, concurrency: Int = 8, logger: Logger) {
+    /// - Parameter route: the destination for a bounce's recipient (the original sender), if any route takes it.
+    public init(
+        spool: Spool, hostname: String, relay: RelayClient, policy: QueuePolicy, concurrency: Int = 32,
+        route: @escaping @Sendable (Mailbox) -> String?, logger: Logger
+    ) {
         self.spool = spool
         self.maildir = MaildirDelivery(hostname: hostname)
+        self.relay = relay
+        self.policy = policy
+        self.bounces = BounceWriter(spool: spool, hostname: hostname, route: route)
         self.logger = logger
         self.concurrency = max(1, concurrency)
+        self.limiter = DestinationLimiter(limit: policy.destinationConcurrency)
         (stream, input) = AsyncStream<String>.makeStream()
     }
 
@@ -68,52 +141,180 @@ public final class DeliveryAgent: Sendable {
     }
 
     private func deliver(_ id: String) async {
+        let spool = self.spool
+        let message: Spool.StoredMessage
+        let resolved: [Int: DeliveryState.Resolution]
         do {
-            let spool = self.spool
+            (message, resolved) = try await spool.threadPool.runIfActive {
+                (try spool.load(id), try DeliveryState.load(spool.layout, id))
+            }
+        } catch SpoolError.notFound {
+            attempts.withLock { _ = $0.removeValue(forKey: id) }
+            return
+        } catch {
+            logger.error("cannot read queued message", metadata: ["queue_id": "\(id)", "error": "\(error)"])
+            return
+        }
+        let envelope = message.envelope
+        var outcomes: [Int: RecipientOutcome] = [:]
+        let pending = envelope.recipients.indices.filter { resolved[$0] == nil }
+        var byDestination: [String: [Int]] = [:]
+        for i in pending { byDestination[envelope.recipients[i].destination, default: []].append(i) }
+
+        await withTaskGroup(of: [(Int, RecipientOutcome)].self) { group in
+            for (text, indices) in byDestination {
+                group.addTask {
+                    await self.deliver(message, indices: indices, destinationText: text)
+                }
+            }
+            for await results in group {
+                for (i, outcome) in results { outcomes[i] = outcome }
+            }
+        }
+        await settle(message, resolved: resolved, outcomes: outcomes)
+    }
+
+    /// Delivers the recipients `indices` that share one destination.
+    private func deliver(_ message: Spool.StoredMessage, indices: [Int], destinationText: String) async -> [(Int, RecipientOutcome)] {
+        let envelope = message.envelope
+        guard let destination = Destination(parsing: destinationText, baseDirectory: "/") else {
+            let reply = SMTPReply(554, "5.3.5", "unknown destination \(destinationText)")
+            return indices.map { ($0, .failed(reply)) }
+        }
+        switch destination {
+        case .maildir(let root):
             let maildir = self.maildir
-            let delivered = try await spool.threadPool.runIfActive { () throws -> [String] in
-                let message = try spool.load(id)
-                var done: [String] = []
-                for recipient in message.envelope.recipients {
-                    guard let destination = Destination(parsing: recipient.destination, baseDirectory: "/") else {
-                        throw DeliveryError.unknownDestination(recipient.destination)
+            var results: [(Int, RecipientOutcome)] = []
+            for i in indices {
+                let recipient = envelope.recipients[i].address
+                do {
+                    _ = try await spool.threadPool.runIfActive {
+                        try maildir.deliver(spoolPath: message.path, contentLength: message.contentLength,
+                                            sender: envelope.sender, recipient: recipient, root: root)
                     }
-                    switch destination {
-                    case .maildir(let root):
-                        done.append(try maildir.deliver(
-                            spoolPath: message.path, contentLength: message.contentLength,
-                            sender: message.envelope.sender, recipient: recipient.address, root: root
-                        ))
+                    results.append((i, .delivered(SMTPReply(250, "2.0.0", "delivered to maildir"))))
+                } catch {
+                    results.append((i, .deferred(SMTPReply(451, "4.3.0", "maildir delivery failed: \(error)"))))
+                }
+            }
+            return results
+        case .relay(let endpoint):
+            let relayMessage = RelayMessage(
+                sender: envelope.sender, recipients: indices.map { envelope.recipients[$0].address },
+                path: message.path, contentLength: message.contentLength, body: envelope.body, smtputf8: envelope.smtputf8
+            )
+            await limiter.acquire(destinationText)
+            let results = await relay.deliver(relayMessage, to: endpoint)
+            await limiter.release(destinationText)
+            return Array(zip(indices, results))
+        }
+    }
+
+    /// Records the attempt: finishes the message (with a bounce when needed) or schedules a retry.
+    private func settle(_ message: Spool.StoredMessage, resolved: [Int: DeliveryState.Resolution], outcomes: [Int: RecipientOutcome]) async {
+        let envelope = message.envelope
+        let id = envelope.id
+        var outcomes = outcomes
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        let age = Double(ts.tv_sec) - envelope.receivedAt
+        let deferred = outcomes.filter { if case .deferred = $0.value { true } else { false } }
+        if !deferred.isEmpty && age > policy.maxLifetime {
+            for (i, outcome) in deferred {
+                let r = outcome.reply
+                outcomes[i] = .failed(SMTPReply(r.code, EnhancedStatusCode(5, 4, 7), ["message expired after \(Int(age)) s; last reply: \(r)"]))
+            }
+        }
+        for (i, outcome) in outcomes.sorted(by: { $0.key < $1.key }) {
+            logger.info("delivery", metadata: [
+                "queue_id": "\(id)", "to": "<\(envelope.recipients[i].address)>",
+                "via": "\(envelope.recipients[i].destination)", "status": "\(outcome)",
+            ])
+        }
+        let stillDeferred = outcomes.contains { if case .deferred = $0.value { true } else { false } }
+        let spool = self.spool
+        let bounces = self.bounces
+        do {
+            if stillDeferred {
+                let newly = outcomes.compactMap { i, o -> (Int, DeliveryState.Resolution)? in
+                    switch o {
+                    case .delivered: (i, .delivered)
+                    case .failed(let r): (i, .failed(r))
+                    case .deferred: nil
                     }
+                }
+                if !newly.isEmpty {
+                    try await spool.threadPool.runIfActive { try DeliveryState.append(spool.layout, id, newly) }
+                }
+                let n = attempts.withLock { a -> Int in
+                    a[id, default: 0] += 1
+                    return a[id]!
+                }
+                let delay = policy.backoff(attempt: n)
+                logger.notice("deferred", metadata: ["queue_id": "\(id)", "retry_in": "\(delay)"])
+                Task {
+                    try? await Task.sleep(for: delay)
+                    self.enqueue(id)
+                }
+                return
+            }
+            var failed: [(SpoolEnvelope.SpooledRecipient, SMTPReply)] = []
+            for (i, recipient) in envelope.recipients.enumerated() {
+                if case .failed(let r) = resolved[i] { failed.append((recipient, r)) }
+                if case .failed(let r) = outcomes[i] { failed.append((recipient, r)) }
+            }
+            let failures = failed
+            let bounceID = try await spool.threadPool.runIfActive { () throws -> String? in
+                var bounceID: String?
+                if !failures.isEmpty, case .mailbox = envelope.sender {
+                    bounceID = try bounces.write(for: message, failures: failures)
                 }
                 try CrashPoint.reached(.delivered)
                 try spool.remove(id)
-                return done
+                try DeliveryState.remove(spool.layout, id)
+                return bounceID
             }
             attempts.withLock { _ = $0.removeValue(forKey: id) }
-            logger.info("delivered", metadata: ["queue_id": "\(id)", "files": "\(delivered.count)"])
-        } catch SpoolError.notFound {
-            attempts.withLock { _ = $0.removeValue(forKey: id) }
+            if let bounceID {
+                logger.info("bounce queued", metadata: ["queue_id": "\(id)", "bounce_id": "\(bounceID)", "to": "\(envelope.sender)"])
+                enqueue(bounceID)
+            } else if !failures.isEmpty {
+                logger.notice("failed recipients not reported", metadata: ["queue_id": "\(id)", "reason": "null sender or no route to the sender"])
+            }
         } catch {
-            let n = attempts.withLock { a -> Int in
-                a[id, default: 0] += 1
-                return a[id]!
-            }
-            let delay = min(3600, 60 << min(n - 1, 6))
-            logger.error("delivery failed, will retry", metadata: ["queue_id": "\(id)", "error": "\(error)", "retry_in_s": "\(delay)"])
+            logger.error("delivery bookkeeping failed, will retry", metadata: ["queue_id": "\(id)", "error": "\(error)"])
             Task {
-                try? await Task.sleep(for: .seconds(delay))
+                try? await Task.sleep(for: self.policy.minBackoff)
                 self.enqueue(id)
             }
         }
     }
 }
 
-enum DeliveryError: Error, CustomStringConvertible {
-    case unknownDestination(String)
-    var description: String {
-        switch self {
-        case .unknownDestination(let d): "unknown destination \(d)"
+/// Limits concurrent deliveries per destination (`destination_concurrency`).
+actor DestinationLimiter {
+    private let limit: Int
+    private var active: [String: Int] = [:]
+    private var waiting: [String: [CheckedContinuation<Void, Never>]] = [:]
+
+    init(limit: Int) { self.limit = max(1, limit) }
+
+    func acquire(_ destination: String) async {
+        if active[destination, default: 0] < limit {
+            active[destination, default: 0] += 1
+            return
         }
+        await withCheckedContinuation { waiting[destination, default: []].append($0) }
+    }
+
+    func release(_ destination: String) {
+        if var queue = waiting[destination], !queue.isEmpty {
+            let next = queue.removeFirst()
+            waiting[destination] = queue.isEmpty ? nil : queue
+            next.resume()  // the slot passes to the waiter
+            return
+        }
+        let left = active[destination, default: 1] - 1
+        active[destination] = left > 0 ? left : nil
     }
 }

@@ -88,6 +88,26 @@ public final class Spool: Sendable {
         SpoolFileReader.ids(layout: layout, quarantined: quarantined)
     }
 
+    /// Blocking: queues a message the gateway wrote itself (a bounce), as durably as a received one.
+    func writeGenerated(id: String, content: [UInt8], envelope: SpoolEnvelope) throws {
+        let tmp = layout.tmpFile(id)
+        let fd = try files.create(tmp)
+        do {
+            try FileIO.writeAll(fd, content, path: tmp)
+            var envelope = envelope
+            envelope.size = content.count
+            try FileIO.writeAll(fd, try SpoolFileFormat.encodeEnvelope(envelope) + SpoolFileFormat.trailer(envelopeOffset: content.count), path: tmp)
+            try FileIO.sync(fd, path: tmp)
+            close(fd)
+            try FileIO.rename(tmp, layout.queueFile(id))
+        } catch {
+            close(fd)
+            try? FileIO.unlink(tmp)
+            throw error
+        }
+        try queueSync.sync()
+    }
+
     /// Removes a delivered message from the queue.
     public func remove(_ id: String) throws {
         try files.retire(layout.queueFile(id))

@@ -12,6 +12,8 @@ public struct SpoolLayout: Sendable {
     public var corrupt: String { root + "/corrupt" }
     /// Retired spool files kept for reuse (see `FilePool`).
     public var free: String { root + "/free" }
+    /// Per-message delivery progress (see `DeliveryState`).
+    public var state: String { root + "/state" }
 
     public func queueFile(_ id: String) -> String { queue + "/" + id }
     public func quarantineFile(_ id: String) -> String { quarantine + "/" + id }
@@ -19,6 +21,6 @@ public struct SpoolLayout: Sendable {
 
     /// Creates the folders (and the root) when missing.
     public func create() throws {
-        for dir in [root, tmp, queue, quarantine, corrupt, free] { try FileIO.makeDirectories(dir) }
+        for dir in [root, tmp, queue, quarantine, corrupt, free, state] { try FileIO.makeDirectories(dir) }
     }
 }

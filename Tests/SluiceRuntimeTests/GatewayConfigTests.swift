@@ -142,7 +142,7 @@ struct GatewayConfigTests {
         #expect(config.disconnectOnPipeliningViolation)
         #expect(config.minFreeBytes == 104_857_600)
         #expect(config.shutdownGraceSeconds == 30)
-        #expect(config.deliveryConcurrency == 8)
+        #expect(config.deliveryConcurrency == 32)
         #expect(config.logLevel == "info")
     }
 
@@ -277,11 +277,11 @@ struct GatewayConfigTests {
     static let routeRows: [ConfigErrorRow] = [
         ConfigErrorRow(
             "route to an unsupported destination", replacing("to = \"maildir:var/mail\"", with: "to = \"smtp:relay.example.test\""),
-            key: "route[1].to", lineOf: "smtp:relay", message: "is not a supported destination"
+            key: "route[1].to", lineOf: "smtp:relay", message: "is not a destination"
         ),
         ConfigErrorRow(
             "route to an empty maildir", replacing("to = \"maildir:/srv/relay\"", with: "to = \"maildir:\""),
-            key: "route[2].to", lineOf: "\"maildir:\"", message: "is not a supported destination"
+            key: "route[2].to", lineOf: "\"maildir:\"", message: "is not a destination"
         ),
         ConfigErrorRow(
             "route without to", replacing("to = \"maildir:var/mail\"", with: ""),
