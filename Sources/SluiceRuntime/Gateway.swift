@@ -48,12 +48,13 @@ public final class Gateway: Sendable {
         session.hookedPhases = Set(StagePhase.allCases.filter(chain.hooks))
         session.makeQueueID = QueueID.make
         session.hasFreeSpace = { spool.hasFreeSpace() }
+        if !config.etrnFrom.isEmpty { session.etrn = { delivery.flush(domain: $0) } }
         var smtpLogger = logger
         smtpLogger[metadataKey: "component"] = "smtpd"
         let context = ServerContext(
             session: session, chain: chain, spool: spool, onQueued: { delivery.enqueue($0) },
             tracker: ConnectionTracker(maxTotal: config.maxConnections, maxPerAddress: config.maxConnectionsPerIP),
-            logger: smtpLogger, relayFrom: config.relayFrom,
+            logger: smtpLogger, relayFrom: config.relayFrom, etrnFrom: config.etrnFrom,
             commandTimeout: .seconds(Int64(config.commandTimeoutSeconds)), dataTimeout: .seconds(Int64(config.dataTimeoutSeconds)),
             greetPause: .milliseconds(Int64(config.greetPauseMilliseconds)),
             commandLineLimit: config.commandLineLimit, textLineLimit: config.textLineLimit
@@ -74,8 +75,9 @@ public final class Gateway: Sendable {
         ])
         let smtp = SMTPService(server: server, listeners: listeners, grace: .seconds(config.shutdownGraceSeconds))
         let deliveryService = DeliveryService(agent: delivery)
+        let control = QueueControlService(layout: spool.layout, agent: delivery)
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: deliveryService), .init(service: smtp)],
+            services: [.init(service: deliveryService), .init(service: control), .init(service: smtp)],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))
@@ -116,6 +118,19 @@ struct DeliveryService: Service {
             await agent.run()
         } onGracefulShutdown: {
             agent.finish()
+        }
+    }
+}
+
+/// Polls `spool/control/` for `sluice queue flush`/`release` requests (every 250 ms).
+struct QueueControlService: Service {
+    let layout: SpoolLayout
+    let agent: DeliveryAgent
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            for request in QueueControl.takeRequests(layout) { agent.flush(request) }
+            try? await Task.sleep(for: .milliseconds(250))
         }
     }
 }

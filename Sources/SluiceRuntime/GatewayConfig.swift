@@ -12,6 +12,7 @@ import SluiceStageAPI
 /// - `hostname` (default: the machine's name): greeting, Received, EHLO.
 /// - `spool` (default `"var/spool"`): the spool root.
 /// - `relay_from` (default `[]`): CIDRs whose clients may use a `"*"` route.
+/// - `etrn_from` (default `[]`): CIDRs whose clients may use ETRN (RFC 1985); ETRN is offered when set.
 /// - `max_recipients` (100), `max_errors` (10), `max_connections` (1000), `max_connections_per_ip` (50).
 /// - `command_timeout_s` (300), `data_timeout_s` (180): idle limits, RFC 5321 4.5.3.2.
 /// - `max_message_bytes` (52428800): the hard size cap; a size-limit stage may lower it.
@@ -45,6 +46,7 @@ public struct GatewayConfig {
     public var hostname: String
     public var spool: String
     public var relayFrom: [CIDR]
+    public var etrnFrom: [CIDR]
     public var maxRecipients: Int
     public var maxErrors: Int
     public var maxConnections: Int
@@ -110,6 +112,10 @@ public struct GatewayConfig {
         spool = resolve(try server.string("spool", default: "var/spool"))
         relayFrom = try server.strings("relay_from", default: []).map { text in
             guard let c = CIDR(text) else { throw server.error("relay_from", "'\(text)' is not an address or CIDR") }
+            return c
+        }
+        etrnFrom = try server.strings("etrn_from", default: []).map { text in
+            guard let c = CIDR(text) else { throw server.error("etrn_from", "'\(text)' is not an address or CIDR") }
             return c
         }
         maxRecipients = try server.int("max_recipients", default: 100, range: 1...100_000)

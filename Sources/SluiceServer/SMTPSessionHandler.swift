@@ -74,7 +74,8 @@ final class SMTPSessionHandler: ChannelInboundHandler {
             serverAddress: local?.ipAddress ?? "?", serverPort: local?.port ?? 0,
             serverHostname: server.session.hostname, trustedClient: trusted
         )
-        machine = SessionStateMachine(configuration: server.session, session: info)
+        let etrnAllowed = server.etrnFrom.contains { $0.contains(clientAddress) }
+        machine = SessionStateMachine(configuration: server.session, session: info, etrnAllowed: etrnAllowed)
 
         guard server.tracker.open(clientAddress) else {
             logger.notice("connection refused: too many connections")

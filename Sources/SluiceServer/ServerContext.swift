@@ -16,6 +16,8 @@ public final class ServerContext: Sendable {
     public let logger: Logger
     /// `[server] relay_from`.
     public let relayFrom: [CIDR]
+    /// `[server] etrn_from`.
+    public let etrnFrom: [CIDR]
     /// `[server] command_timeout_s` (RFC 5321 4.5.3.2.7: 5 minutes).
     public let commandTimeout: TimeAmount
     /// `[server] data_timeout_s` (RFC 5321 4.5.3.2.5: 3 minutes per data block).
@@ -30,7 +32,7 @@ public final class ServerContext: Sendable {
 
     public init(
         session: SessionConfiguration, chain: StageChain, spool: Spool, onQueued: @escaping @Sendable (String) -> Void,
-        tracker: ConnectionTracker, logger: Logger, relayFrom: [CIDR], commandTimeout: TimeAmount,
+        tracker: ConnectionTracker, logger: Logger, relayFrom: [CIDR], etrnFrom: [CIDR] = [], commandTimeout: TimeAmount,
         dataTimeout: TimeAmount, greetPause: TimeAmount, commandLineLimit: Int, textLineLimit: Int
     ) {
         self.session = session
@@ -40,6 +42,7 @@ public final class ServerContext: Sendable {
         self.tracker = tracker
         self.logger = logger
         self.relayFrom = relayFrom
+        self.etrnFrom = etrnFrom
         self.commandTimeout = commandTimeout
         self.dataTimeout = dataTimeout
         self.greetPause = greetPause

@@ -21,6 +21,9 @@ public struct SessionConfiguration: Sendable {
     public var limits = SMTPLimits()
     /// False when the spool is short of space (`[server] min_free_bytes`): MAIL gets 452 4.3.1.
     public var hasFreeSpace: @Sendable () -> Bool = { true }
+    /// ETRN (RFC 1985): starts delivery of deferred mail for a domain, returning how many messages
+    /// were started; nil when ETRN is not offered (`[server] etrn_from` empty).
+    public var etrn: (@Sendable (String) -> Int)?
     /// Makes the queue id of a new transaction (at MAIL, as Postfix does).
     public var makeQueueID: @Sendable () -> String = { "" }
 

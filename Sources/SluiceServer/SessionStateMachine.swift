@@ -85,9 +85,13 @@ public struct SessionStateMachine: Sendable {
     private var sessionVerdict: StageVerdict = .continue
     private let parser: SMTPCommandParser
 
-    public init(configuration: SessionConfiguration, session: SessionInfo) {
+    /// Whether this client may use ETRN (`[server] etrn_from`).
+    private let etrnAllowed: Bool
+
+    public init(configuration: SessionConfiguration, session: SessionInfo, etrnAllowed: Bool = false) {
         self.configuration = configuration
         self.session = session
+        self.etrnAllowed = etrnAllowed
         self.parser = SMTPCommandParser(limits: configuration.limits)
     }
 
@@ -192,12 +196,32 @@ public struct SessionStateMachine: Sendable {
         case .expn:
             return fail(SMTPReply(502, "5.5.1", "Error: EXPN not supported"))
         case .help:
-            return .send(SMTPReply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP"))
-        case .starttls, .auth, .etrn:
+            return .send(SMTPReply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP ETRN"))
+        case .etrn(let node):
+            return etrn(node)
+        case .starttls, .auth:
             return fail(SMTPReply(502, "5.5.1", "Error: command not implemented"))
         case .turn:
             return fail(SMTPReply(502, "5.5.1", "Error: TURN not supported"))
         }
+    }
+
+    /// ETRN (RFC 1985): `ETRN example.test` or `ETRN @example.test`.
+    private mutating func etrn(_ node: String) -> Action {
+        guard let start = configuration.etrn else { return fail(SMTPReply(502, "5.5.1", "Error: command not implemented")) }
+        guard session.heloName != nil else { return fail(SMTPReply(503, "5.5.1", "Error: send HELO/EHLO first")) }
+        guard transaction == nil else { return fail(SMTPReply(503, "5.5.1", "Error: MAIL transaction in progress")) }
+        var domain = node
+        if domain.hasPrefix("@") { domain.removeFirst() }
+        guard !domain.isEmpty, !domain.hasPrefix("#"),
+              domain.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" })
+        else { return fail(SMTPReply(501, "5.5.4", "Syntax: ETRN domain")) }
+        guard etrnAllowed else {
+            return fail(SMTPReply(459, "4.7.1", "Node \(domain) not allowed: client not in etrn_from"))
+        }
+        let started = start(domain)
+        if started == 0 { return .send(SMTPReply(251, "2.0.0", "OK, no messages waiting for node \(domain)")) }
+        return .send(SMTPReply(250, "2.0.0", "OK, queuing for node \(domain) started"))
     }
 
     private func heloReply() -> SMTPReply {
@@ -205,6 +229,7 @@ public struct SessionStateMachine: Sendable {
         var lines = [configuration.hostname, "PIPELINING", "SIZE \(configuration.maxMessageBytes)"]
         lines += configuration.stageKeywords
         lines += ["8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING"]
+        if configuration.etrn != nil { lines.append("ETRN") }
         return SMTPReply(250, nil, lines)
     }
 

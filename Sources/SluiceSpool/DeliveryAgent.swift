@@ -122,6 +122,53 @@ public final class DeliveryAgent: Sendable {
     /// Schedules a queued message for delivery.
     public func enqueue(_ id: String) { input.yield(id) }
 
+    /// A deferred message waiting for its next attempt.
+    private struct Retry {
+        var task: Task<Void, Never>
+        /// Domains of the recipients still deferred (for ETRN).
+        var domains: Set<String>
+    }
+    private let retries = Mutex<[String: Retry]>([:])
+
+    private func scheduleRetry(_ id: String, after delay: Duration, domains: Set<String>) {
+        let task = Task {
+            try? await Task.sleep(for: delay)
+            guard !Task.isCancelled else { return }
+            if self.retries.withLock({ $0.removeValue(forKey: id) }) != nil { self.enqueue(id) }
+        }
+        retries.withLock { $0[id] = Retry(task: task, domains: domains) }
+    }
+
+    /// Attempts deferred messages now (`sluice queue flush`): all of them, or one by id (which may
+    /// also be a message just released from hold). Returns how many were started.
+    @discardableResult
+    public func flush(_ id: String? = nil) -> Int {
+        let due: [String] = retries.withLock { r in
+            let ids = id.map { r[$0] == nil ? [] : [$0] } ?? Array(r.keys)
+            for i in ids { r.removeValue(forKey: i)?.task.cancel() }
+            return ids
+        }
+        for i in due { enqueue(i) }
+        if let id, due.isEmpty, FileIO.exists(spool.layout.queueFile(id)) {
+            enqueue(id)
+            return 1
+        }
+        return due.count
+    }
+
+    /// ETRN (RFC 1985): attempts now the deferred messages with a recipient in `domain`.
+    /// Returns how many were started.
+    public func flush(domain: String) -> Int {
+        let wanted = domain.lowercased()
+        let due: [String] = retries.withLock { r in
+            let ids = r.filter { $0.value.domains.contains(wanted) }.map(\.key)
+            for i in ids { r.removeValue(forKey: i)?.task.cancel() }
+            return ids
+        }
+        for i in due { enqueue(i) }
+        return due.count
+    }
+
     /// Stops taking new work; `run()` returns once deliveries in flight are done.
     public func finish() { input.finish() }
 
@@ -252,10 +299,9 @@ public final class DeliveryAgent: Sendable {
                 }
                 let delay = policy.backoff(attempt: n)
                 logger.notice("deferred", metadata: ["queue_id": "\(id)", "retry_in": "\(delay)"])
-                Task {
-                    try? await Task.sleep(for: delay)
-                    self.enqueue(id)
-                }
+                let domains = Set(envelope.recipients.indices.filter { outcomes[$0].map { if case .deferred = $0 { true } else { false } } ?? false }
+                    .map { envelope.recipients[$0].address.normalizedDomain })
+                scheduleRetry(id, after: delay, domains: domains)
                 return
             }
             var failed: [(SpoolEnvelope.SpooledRecipient, SMTPReply)] = []
@@ -283,10 +329,7 @@ public final class DeliveryAgent: Sendable {
             }
         } catch {
             logger.error("delivery bookkeeping failed, will retry", metadata: ["queue_id": "\(id)", "error": "\(error)"])
-            Task {
-                try? await Task.sleep(for: self.policy.minBackoff)
-                self.enqueue(id)
-            }
+            scheduleRetry(id, after: policy.minBackoff, domains: Set(envelope.recipients.map(\.address.normalizedDomain)))
         }
     }
 }

@@ -53,18 +53,39 @@ final class ChunkReader: @unchecked Sendable {
 
 /// Reads queue files' envelopes (blocking; also used by the `queue` commands without a running gateway).
 public enum SpoolFileReader {
-    /// Ids in `queue/` (or `quarantine/`), oldest first; none when the folder does not exist.
-    public static func ids(layout: SpoolLayout, quarantined: Bool) -> [String] {
-        ((try? FileIO.list(quarantined ? layout.quarantine : layout.queue)) ?? []).filter(QueueID.isValid).sorted()
+    /// Where a message can be.
+    public enum States: String, CaseIterable, Sendable {
+        case queued, held, quarantined
+
+        func directory(_ layout: SpoolLayout) -> String {
+            switch self {
+            case .queued: layout.queue
+            case .held: layout.hold
+            case .quarantined: layout.quarantine
+            }
+        }
     }
 
-    public static func load(layout: SpoolLayout, id: String, quarantined: Bool) throws -> Spool.StoredMessage {
+    /// Ids in one state, oldest first; none when the folder does not exist.
+    public static func ids(layout: SpoolLayout, state: States) -> [String] {
+        ((try? FileIO.list(state.directory(layout))) ?? []).filter(QueueID.isValid).sorted()
+    }
+
+    public static func ids(layout: SpoolLayout, quarantined: Bool) -> [String] {
+        ids(layout: layout, state: quarantined ? .quarantined : .queued)
+    }
+
+    public static func load(layout: SpoolLayout, id: String, state: States) throws -> Spool.StoredMessage {
         guard QueueID.isValid(id) else { throw SpoolError.notFound(id) }
-        let path = quarantined ? layout.quarantineFile(id) : layout.queueFile(id)
+        let path = state.directory(layout) + "/" + id
         guard FileIO.exists(path) else { throw SpoolError.notFound(id) }
         let fd = try FileIO.openRead(path)
         defer { close(fd) }
         let (envelope, length) = try SpoolFileFormat.readEnvelope(fd: fd, path: path)
         return Spool.StoredMessage(envelope: envelope, path: path, contentLength: length)
+    }
+
+    public static func load(layout: SpoolLayout, id: String, quarantined: Bool) throws -> Spool.StoredMessage {
+        try load(layout: layout, id: id, state: quarantined ? .quarantined : .queued)
     }
 }

@@ -15,6 +15,12 @@ struct Sluice: AsyncParsableCommand {
     )
 }
 
+/// A command that could not do its work; printed as `Error: ...` without the usage text.
+struct Failure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
 /// `--config`, shared by every command.
 struct ConfigOption: ParsableArguments {
     @Option(name: .long, help: "The pipeline configuration file.")
@@ -24,7 +30,7 @@ struct ConfigOption: ParsableArguments {
         do {
             return try GatewayConfig.load(path: config)
         } catch let error as ConfigError {
-            throw ValidationError("\(error)")
+            throw Failure("\(error)")
         }
     }
 }
@@ -46,7 +52,7 @@ struct Run: AsyncParsableCommand {
             let gateway = try Gateway(config: config, registry: StageRegistry(), logger: logger)
             try await gateway.run()
         } catch let error as ConfigError {
-            throw ValidationError("\(error)")
+            throw Failure("\(error)")
         }
     }
 }
@@ -64,7 +70,7 @@ struct CheckConfig: ParsableCommand {
         do {
             chain = try StageRegistry().buildChain(config, logger: Logger(label: "check-config"))
         } catch let error as ConfigError {
-            throw ValidationError("\(error)")
+            throw Failure("\(error)")
         }
         print("\(config.file): ok")
         print("hostname: \(config.hostname)")
@@ -91,8 +97,72 @@ struct CheckConfig: ParsableCommand {
 struct Queue: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Inspect the spool.",
-        subcommands: [List.self, Show.self]
+        subcommands: [List.self, Show.self, Flush.self, Delete.self, Hold.self, Release.self]
     )
+
+    /// Runs a queue operation, turning its failure into a clear message.
+    static func operate(_ options: ConfigOption, _ body: (SpoolLayout) throws -> String) throws {
+        let config = try options.load()
+        do {
+            print(try body(SpoolLayout(root: config.spool)))
+        } catch {
+            throw Failure("\(error)")
+        }
+    }
+
+    struct Flush: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Attempt deferred mail now: all of it, or one message. The running gateway picks this up within a second."
+        )
+        @OptionGroup var options: ConfigOption
+        @Argument(help: "A queue id (default: every deferred message).") var id: String?
+
+        func run() throws {
+            try Queue.operate(options) { layout in
+                try QueueControl.requestFlush(layout, id: id)
+                return "flush requested\(id.map { " for \($0)" } ?? "")"
+            }
+        }
+    }
+
+    struct Delete: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete a message from the queue (or from hold or quarantine).")
+        @OptionGroup var options: ConfigOption
+        @Argument(help: "The queue id.") var id: String
+
+        func run() throws {
+            try Queue.operate(options) { layout in
+                try QueueControl.delete(layout, id: id)
+                return "\(id): deleted"
+            }
+        }
+    }
+
+    struct Hold: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Put a queued message on hold: it is kept but not delivered.")
+        @OptionGroup var options: ConfigOption
+        @Argument(help: "The queue id.") var id: String
+
+        func run() throws {
+            try Queue.operate(options) { layout in
+                try QueueControl.hold(layout, id: id)
+                return "\(id): on hold"
+            }
+        }
+    }
+
+    struct Release: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Release a held or quarantined message into the queue and deliver it now.")
+        @OptionGroup var options: ConfigOption
+        @Argument(help: "The queue id.") var id: String
+
+        func run() throws {
+            try Queue.operate(options) { layout in
+                try QueueControl.release(layout, id: id)
+                return "\(id): released"
+            }
+        }
+    }
 
     static func spool(_ config: GatewayConfig) -> (SpoolReading) {
         SpoolReading(layout: SpoolLayout(root: config.spool))
@@ -135,7 +205,7 @@ struct Queue: ParsableCommand {
             let config = try options.load()
             let reading = Queue.spool(config)
             guard let (message, state) = reading.find(id) else {
-                throw ValidationError("no message \(id) in the queue")
+                throw Failure("no message \(id) in the queue")
             }
             let e = message.envelope
             print("id: \(e.id)")
@@ -167,22 +237,19 @@ struct SpoolReading {
         var recipients: [String]
     }
 
-    func messages(quarantined: Bool) -> [Spool.StoredMessage] {
-        SpoolFileReader.ids(layout: layout, quarantined: quarantined).compactMap { try? SpoolFileReader.load(layout: layout, id: $0, quarantined: quarantined) }
-    }
-
     func summaries() -> [Summary] {
-        [(false, "queued"), (true, "quarantined")].flatMap { (q, state) in
-            messages(quarantined: q).map { m in
-                Summary(id: m.envelope.id, state: state, size: m.envelope.size, receivedAt: m.envelope.receivedAt,
+        SpoolFileReader.States.allCases.flatMap { state in
+            SpoolFileReader.ids(layout: layout, state: state).compactMap { try? SpoolFileReader.load(layout: layout, id: $0, state: state) }.map { m in
+                Summary(id: m.envelope.id, state: state.rawValue, size: m.envelope.size, receivedAt: m.envelope.receivedAt,
                         sender: m.envelope.sender.description, recipients: m.envelope.recipients.map { "<\($0.address)>" })
             }
         }
     }
 
     func find(_ id: String) -> (Spool.StoredMessage, String)? {
-        if let m = try? SpoolFileReader.load(layout: layout, id: id, quarantined: false) { return (m, "queued") }
-        if let m = try? SpoolFileReader.load(layout: layout, id: id, quarantined: true) { return (m, "quarantined") }
+        for state in SpoolFileReader.States.allCases {
+            if let m = try? SpoolFileReader.load(layout: layout, id: id, state: state) { return (m, state.rawValue) }
+        }
         return nil
     }
 }
