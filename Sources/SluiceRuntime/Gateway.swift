@@ -30,7 +30,7 @@ public final class Gateway: Sendable {
         let routes = RouteTable(config.routes)
         let relay = RelayClient(
             hostname: config.hostname, group: MultiThreadedEventLoopGroup.singleton, threadPool: threadPool,
-            timeouts: config.relayTimeouts, logger: deliveryLogger
+            timeouts: config.relayTimeouts, connectionsPerDestination: config.queue.destinationConcurrency, logger: deliveryLogger
         )
         let delivery = DeliveryAgent(
             spool: spool, hostname: config.hostname, relay: relay, policy: config.queue,

@@ -71,7 +71,8 @@ struct BounceWriter: Sendable {
         s += "X-Sluice-Queue-ID: \(original.id)\r\n"
         s += "Arrival-Date: \(ReceivedDate.format(time_t(original.receivedAt)))\r\n"
         for (rcpt, reply) in failures {
-            let status = reply.enhancedCode.map { "5.\($0.subject).\($0.detail)" } ?? "5.0.0"
+            // A permanent refusal keeps its code; an expired deferral is reported as 4.x.x (RFC 3463 X.4.7).
+            let status = reply.enhancedCode.map { "\($0.statusClass).\($0.subject).\($0.detail)" } ?? (reply.isTransientFailure ? "4.0.0" : "5.0.0")
             s += "\r\nFinal-Recipient: rfc822; \(rcpt.address)\r\n"
             s += "Action: failed\r\n"
             s += "Status: \(status)\r\n"

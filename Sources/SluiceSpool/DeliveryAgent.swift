@@ -70,7 +70,7 @@ public struct QueuePolicy: Sendable {
     public var maxBackoff: Duration = .seconds(3600)
     /// `max_lifetime_s` (432000, 5 days): a recipient still deferred after this is bounced.
     public var maxLifetime: Double = 432_000
-    /// `destination_concurrency` (20): connections to one next hop at a time.
+    /// `destination_concurrency` (20): connections to one next hop at a time (see `RelayClient`).
     public var destinationConcurrency = 20
 
     public init() {}
@@ -101,7 +101,6 @@ public final class DeliveryAgent: Sendable {
     private let stream: AsyncStream<String>
     private let input: AsyncStream<String>.Continuation
     private let attempts = Mutex<[String: Int]>([:])
-    private let limiter: DestinationLimiter
 
     /// - Parameter route: the destination for a bounce's recipient (the original sender), if any route takes it.
     public init(
@@ -115,7 +114,6 @@ public final class DeliveryAgent: Sendable {
         self.bounces = BounceWriter(spool: spool, hostname: hostname, route: route)
         self.logger = logger
         self.concurrency = max(1, concurrency)
-        self.limiter = DestinationLimiter(limit: policy.destinationConcurrency)
         (stream, input) = AsyncStream<String>.makeStream()
     }
 
@@ -250,10 +248,7 @@ public final class DeliveryAgent: Sendable {
                 sender: envelope.sender, recipients: indices.map { envelope.recipients[$0].address },
                 path: message.path, contentLength: message.contentLength, body: envelope.body, smtputf8: envelope.smtputf8
             )
-            await limiter.acquire(destinationText)
-            let results = await relay.deliver(relayMessage, to: endpoint)
-            await limiter.release(destinationText)
-            return Array(zip(indices, results))
+            return Array(zip(indices, await relay.deliver(relayMessage, to: endpoint)))
         }
     }
 
@@ -269,7 +264,8 @@ public final class DeliveryAgent: Sendable {
         if !deferred.isEmpty && age > policy.maxLifetime {
             for (i, outcome) in deferred {
                 let r = outcome.reply
-                outcomes[i] = .failed(SMTPReply(r.code, EnhancedStatusCode(5, 4, 7), ["message expired after \(Int(age)) s; last reply: \(r)"]))
+                // RFC 3463 X.4.7, delivery time expired: reported as 4.4.7 with Action: failed.
+                outcomes[i] = .failed(SMTPReply(r.code, EnhancedStatusCode(4, 4, 7), ["message expired after \(Int(age)) s; last reply: \(r)"]))
             }
         }
         for (i, outcome) in outcomes.sorted(by: { $0.key < $1.key }) {
@@ -331,33 +327,5 @@ public final class DeliveryAgent: Sendable {
             logger.error("delivery bookkeeping failed, will retry", metadata: ["queue_id": "\(id)", "error": "\(error)"])
             scheduleRetry(id, after: policy.minBackoff, domains: Set(envelope.recipients.map(\.address.normalizedDomain)))
         }
-    }
-}
-
-/// Limits concurrent deliveries per destination (`destination_concurrency`).
-actor DestinationLimiter {
-    private let limit: Int
-    private var active: [String: Int] = [:]
-    private var waiting: [String: [CheckedContinuation<Void, Never>]] = [:]
-
-    init(limit: Int) { self.limit = max(1, limit) }
-
-    func acquire(_ destination: String) async {
-        if active[destination, default: 0] < limit {
-            active[destination, default: 0] += 1
-            return
-        }
-        await withCheckedContinuation { waiting[destination, default: []].append($0) }
-    }
-
-    func release(_ destination: String) {
-        if var queue = waiting[destination], !queue.isEmpty {
-            let next = queue.removeFirst()
-            waiting[destination] = queue.isEmpty ? nil : queue
-            next.resume()  // the slot passes to the waiter
-            return
-        }
-        let left = active[destination, default: 1] - 1
-        active[destination] = left > 0 ? left : nil
     }
 }

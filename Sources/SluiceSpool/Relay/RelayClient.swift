@@ -80,56 +80,109 @@ public struct RelayTimeouts: Sendable {
     public init() {}
 }
 
-/// The SMTP/LMTP client side: delivers one message over one connection and reports each
-/// recipient's fate. EHLO falls back to HELO; MAIL, RCPT and DATA are pipelined when the next
+/// The SMTP/LMTP client side. Messages for one next hop queue up per destination; up to
+/// `destination_concurrency` connections work through that queue, each carrying several
+/// messages (RSET between them), as Postfix's queue manager does.
+///
+/// In a conversation: EHLO falls back to HELO; MAIL, RCPT and DATA are pipelined when the next
 /// hop offers PIPELINING; SIZE, 8BITMIME and SMTPUTF8 are checked against what it offers
-/// (RFC 1870, 6152, 6531) before anything is sent; content goes out canonical (CRLF, dot-stuffed).
-/// LMTP (RFC 2033) reads one reply per accepted recipient after the final dot.
-/// Any protocol error, hostile reply or timeout fails the connection cleanly and defers
-/// the recipients that were not yet answered.
-public struct RelayClient: Sendable {
-    public var hostname: String
-    public var group: any EventLoopGroup
-    public var threadPool: NIOThreadPool
-    public var timeouts: RelayTimeouts
-    public var logger: Logger
+/// (RFC 1870, 6152, 6531) before anything is sent; content goes out canonical (CRLF,
+/// dot-stuffed). LMTP (RFC 2033) reads one reply per accepted recipient after the final dot.
+/// A protocol error, hostile reply or timeout fails the connection cleanly and defers the
+/// recipients not yet answered.
+public final class RelayClient: Sendable {
+    public let hostname: String
+    let group: any EventLoopGroup
+    let threadPool: NIOThreadPool
+    let timeouts: RelayTimeouts
+    let logger: Logger
+    private let dispatcher: RelayDispatcher
 
-    public init(hostname: String, group: any EventLoopGroup, threadPool: NIOThreadPool, timeouts: RelayTimeouts, logger: Logger) {
+    public init(
+        hostname: String, group: any EventLoopGroup, threadPool: NIOThreadPool, timeouts: RelayTimeouts,
+        connectionsPerDestination: Int = 20, logger: Logger
+    ) {
         self.hostname = hostname
         self.group = group
         self.threadPool = threadPool
         self.timeouts = timeouts
         self.logger = logger
+        self.dispatcher = RelayDispatcher(limit: connectionsPerDestination)
     }
 
-    struct ConnectionFailure: Error, CustomStringConvertible {
-        var reason: String
-        var description: String { reason }
-    }
-
+    /// Delivers one message to one next hop; returns each recipient's outcome, in order.
     public func deliver(_ message: RelayMessage, to endpoint: RelayEndpoint) async -> [RecipientOutcome] {
+        await withCheckedContinuation { continuation in
+            let job = RelayJob(message: message, continuation: continuation)
+            Task { await dispatcher.submit(job, to: endpoint, client: self) }
+        }
+    }
+
+    /// A worker for one destination: connections one after another until its queue is empty.
+    func work(_ endpoint: RelayEndpoint, first: RelayJob) async {
+        var job: RelayJob? = first
+        while let current = job {
+            await converse(endpoint, first: current)
+            job = await dispatcher.nextOrRetire(endpoint)
+        }
+    }
+
+    /// One connection: delivers `first` and then whatever else waits for the destination,
+    /// until the queue is empty or the connection fails.
+    private func converse(_ endpoint: RelayEndpoint, first: RelayJob) async {
         let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
         do {
             channel = try await connect(endpoint)
         } catch {
+            // The next hop is unreachable: everything waiting for it is deferred now.
             let reply = SMTPReply(451, "4.4.1", "connect to \(endpoint) failed: \(error)")
-            return Array(repeating: .deferred(reply), count: message.recipients.count)
+            first.finish(.deferred(reply))
+            for job in await dispatcher.drain(endpoint) { job.finish(.deferred(reply)) }
+            return
         }
-        var outcomes: [RecipientOutcome?] = Array(repeating: nil, count: message.recipients.count)
+        var firstFinished = false
         do {
             try await channel.executeThenClose { inbound, outbound in
+                firstFinished = true  // from here on every path below finishes `first`
                 var session = RelaySession(
                     client: self, endpoint: endpoint, inbound: inbound.makeAsyncIterator(), outbound: outbound,
                     watchdog: Watchdog(channel: channel.channel, timeout: timeouts.command)
                 )
-                try await session.run(message, outcomes: &outcomes)
+                var job: RelayJob? = first
+                let extensions: [String: String]
+                do {
+                    switch try await session.handshake() {
+                    case .success(let e): extensions = e
+                    case .failure(let refusal):
+                        first.finish(refusal.outcome)
+                        for other in await dispatcher.drain(endpoint) { other.finish(refusal.outcome) }
+                        return
+                    }
+                } catch {
+                    first.finish(.deferred(SMTPReply(451, "4.4.2", "conversation with \(endpoint) failed: \(error)")))
+                    return
+                }
+                var reset = false
+                while let current = job {
+                    var outcomes: [RecipientOutcome?] = Array(repeating: nil, count: current.message.recipients.count)
+                    do {
+                        try await session.transaction(current.message, extensions: extensions, reset: reset, outcomes: &outcomes)
+                    } catch {
+                        logger.notice("relay connection failed", metadata: ["next_hop": "\(endpoint)", "error": "\(error)"])
+                        let reply = SMTPReply(451, "4.4.2", "conversation with \(endpoint) failed: \(error)")
+                        current.finish(outcomes.map { $0 ?? .deferred(reply) })
+                        return
+                    }
+                    current.finish(outcomes.map { $0 ?? .deferred(SMTPReply(451, "4.4.2", "no answer from \(endpoint)")) })
+                    reset = true
+                    job = await dispatcher.take(endpoint)
+                }
+                await session.quit()
             }
         } catch {
             logger.notice("relay connection failed", metadata: ["next_hop": "\(endpoint)", "error": "\(error)"])
-            let reply = SMTPReply(451, "4.4.2", "conversation with \(endpoint) failed: \(error)")
-            for i in outcomes.indices where outcomes[i] == nil { outcomes[i] = .deferred(reply) }
         }
-        return outcomes.map { $0 ?? .deferred(SMTPReply(451, "4.4.2", "no answer from \(endpoint)")) }
+        if !firstFinished { first.finish(.deferred(SMTPReply(451, "4.4.2", "connection to \(endpoint) failed"))) }
     }
 
     private func connect(_ endpoint: RelayEndpoint) async throws -> NIOAsyncChannel<ByteBuffer, ByteBuffer> {
@@ -147,6 +200,55 @@ public struct RelayClient: Sendable {
         case .lmtpUnix(let path):
             return try await bootstrap.connect(unixDomainSocketPath: path, channelInitializer: initializer)
         }
+    }
+}
+
+/// A message waiting for a connection, and whoever waits for its outcome.
+struct RelayJob: Sendable {
+    let message: RelayMessage
+    let continuation: CheckedContinuation<[RecipientOutcome], Never>
+
+    func finish(_ outcomes: [RecipientOutcome]) { continuation.resume(returning: outcomes) }
+    func finish(_ outcome: RecipientOutcome) { finish(Array(repeating: outcome, count: message.recipients.count)) }
+}
+
+/// Per-destination queues and connection counts.
+actor RelayDispatcher {
+    private let limit: Int
+    private var queues: [RelayEndpoint: [RelayJob]] = [:]
+    private var workers: [RelayEndpoint: Int] = [:]
+
+    init(limit: Int) { self.limit = max(1, limit) }
+
+    func submit(_ job: RelayJob, to endpoint: RelayEndpoint, client: RelayClient) {
+        if workers[endpoint, default: 0] < limit {
+            workers[endpoint, default: 0] += 1
+            Task { await client.work(endpoint, first: job) }
+        } else {
+            queues[endpoint, default: []].append(job)
+        }
+    }
+
+    /// The next waiting job for an open connection of `endpoint`, if any.
+    func take(_ endpoint: RelayEndpoint) -> RelayJob? {
+        guard var queue = queues[endpoint], !queue.isEmpty else { return nil }
+        let job = queue.removeFirst()
+        queues[endpoint] = queue.isEmpty ? nil : queue
+        return job
+    }
+
+    /// The next job for a worker between connections; with none, the worker retires.
+    func nextOrRetire(_ endpoint: RelayEndpoint) -> RelayJob? {
+        if let job = take(endpoint) { return job }
+        let left = workers[endpoint, default: 1] - 1
+        workers[endpoint] = left > 0 ? left : nil
+        return nil
+    }
+
+    /// Takes every waiting job (the next hop is down: they are all deferred at once).
+    func drain(_ endpoint: RelayEndpoint) -> [RelayJob] {
+        defer { queues[endpoint] = nil }
+        return queues[endpoint] ?? []
     }
 }
 

@@ -47,19 +47,14 @@ struct RelaySession {
         try await outbound.write(ByteBuffer(bytes: bytes))
     }
 
-    /// The whole conversation for one message. Fills `outcomes` as replies come in.
-    mutating func run(_ message: RelayMessage, outcomes: inout [RecipientOutcome?]) async throws {
-        func all(_ outcome: RecipientOutcome) {
-            for i in outcomes.indices where outcomes[i] == nil { outcomes[i] = outcome }
-        }
+    /// Greeting and EHLO (HELO when EHLO is refused; LHLO for LMTP). Returns the offered
+    /// extensions, or the outcome for every recipient when the next hop will not talk.
+    mutating func handshake() async throws -> Result<[String: String], RecipientOutcomeFailure> {
         let greeting = try await readReply()
         guard greeting.code == 220 else {
-            all(.deferred(SMTPReply(451, "4.4.2", "\(endpoint) greeted with \(greeting)")))
             try? await send("QUIT\r\n")
-            return
+            return .failure(.init(outcome: .deferred(SMTPReply(451, "4.4.2", "\(endpoint) greeted with \(greeting)"))))
         }
-
-        // EHLO, or LHLO for LMTP; HELO when EHLO is refused.
         try await send("\(endpoint.isLMTP ? "LHLO" : "EHLO") \(client.hostname)\r\n")
         var hello = try await readReply()
         var extensions: [String: String] = [:]
@@ -73,22 +68,32 @@ struct RelaySession {
             hello = try await readReply()
         }
         guard hello.code == 250 else {
-            all(.from(hello).asDeferredUnlessPermanent)
             try? await send("QUIT\r\n")
-            return
+            return .failure(.init(outcome: .from(hello).asDeferredUnlessPermanent))
         }
+        return .success(extensions)
+    }
 
+    /// One mail transaction on an open connection; `reset` sends RSET first (a reused connection).
+    /// Fills `outcomes` as replies come in; a broken connection throws.
+    mutating func transaction(
+        _ message: RelayMessage, extensions: [String: String], reset: Bool, outcomes: inout [RecipientOutcome?]
+    ) async throws {
+        func all(_ outcome: RecipientOutcome) {
+            for i in outcomes.indices where outcomes[i] == nil { outcomes[i] = outcome }
+        }
         // Refuse before sending what the next hop cannot take.
         if let limit = extensions["SIZE"].flatMap({ Int($0) }), limit > 0, message.contentLength > limit {
-            all(.failed(SMTPReply(552, "5.3.4", "message size \(message.contentLength) exceeds the limit \(limit) of \(endpoint)")))
+            return all(.failed(SMTPReply(552, "5.3.4", "message size \(message.contentLength) exceeds the limit \(limit) of \(endpoint)")))
         } else if message.smtputf8 && extensions["SMTPUTF8"] == nil {
-            all(.failed(SMTPReply(550, "5.6.7", "\(endpoint) does not support SMTPUTF8 (RFC 6531)")))
+            return all(.failed(SMTPReply(550, "5.6.7", "\(endpoint) does not support SMTPUTF8 (RFC 6531)")))
         } else if message.body == .eightBitMIME && extensions["8BITMIME"] == nil {
-            all(.failed(SMTPReply(554, "5.6.3", "\(endpoint) does not support 8BITMIME (RFC 6152)")))
+            return all(.failed(SMTPReply(554, "5.6.3", "\(endpoint) does not support 8BITMIME (RFC 6152)")))
         }
-        if outcomes.allSatisfy({ $0 != nil }) {
-            try? await send("QUIT\r\n")
-            return
+        if reset {
+            try await send("RSET\r\n")
+            let r = try await readReply()
+            guard r.code == 250 else { throw Failure(description: "\(endpoint) refused RSET: \(r)") }
         }
 
         var mail = "MAIL FROM:\(message.sender)"
@@ -112,37 +117,29 @@ struct RelaySession {
             dataReply = try await readReply()
             if mailReply.code != 250 {
                 all(.from(mailReply))
-                try? await send(dataReply.code == 354 ? "\r\n.\r\nQUIT\r\n" : "QUIT\r\n")
+                if dataReply.code == 354 { try await abortData() }
                 return
             }
         } else {
             try await send(mail + "\r\n")
             let mailReply = try await readReply()
-            guard mailReply.code == 250 else {
-                all(.from(mailReply))
-                try? await send("QUIT\r\n")
-                return
-            }
+            guard mailReply.code == 250 else { return all(.from(mailReply)) }
             for (i, rcpt) in message.recipients.enumerated() {
                 try await send("RCPT TO:<\(rcpt)>\r\n")
                 let r = try await readReply()
                 if r.isPositive { accepted.append(i) } else { outcomes[i] = .from(r) }
             }
-            guard !accepted.isEmpty else {
-                try? await send("QUIT\r\n")
-                return
-            }
+            guard !accepted.isEmpty else { return }
             try await send("DATA\r\n")
             dataReply = try await readReply()
         }
         if accepted.isEmpty {
             // Every recipient refused; a pipelined DATA may still have been accepted.
-            try? await send(dataReply.code == 354 ? "\r\n.\r\nQUIT\r\n" : "QUIT\r\n")
+            if dataReply.code == 354 { try await abortData() }
             return
         }
         guard dataReply.code == 354 else {
             for i in accepted { outcomes[i] = .from(dataReply) }
-            try? await send("QUIT\r\n")
             return
         }
 
@@ -155,6 +152,16 @@ struct RelaySession {
             let final = try await readReply()
             for i in accepted { outcomes[i] = .from(final) }
         }
+    }
+
+    /// A pipelined DATA got its 354 although nothing should be sent: an empty message ends it
+    /// and its reply is ignored (RFC 2920 section 3.1).
+    private mutating func abortData() async throws {
+        try await send(".\r\n")
+        _ = try await readReply()
+    }
+
+    mutating func quit() async {
         try? await send("QUIT\r\n")
         _ = try? await readReply()
     }
@@ -173,6 +180,11 @@ struct RelaySession {
         canonical.finish(into: &out)
         try await send(out)
     }
+}
+
+/// The next hop would not talk: this outcome applies to every recipient.
+struct RecipientOutcomeFailure: Error {
+    var outcome: RecipientOutcome
 }
 
 extension RecipientOutcome {
