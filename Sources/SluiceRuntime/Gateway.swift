@@ -28,9 +28,10 @@ public final class Gateway: Sendable {
         var deliveryLogger = logger
         deliveryLogger[metadataKey: "component"] = "delivery"
         let routes = RouteTable(config.routes)
-        let relay = RelayClient(
+        let relay = try RelayClient(
             hostname: config.hostname, group: MultiThreadedEventLoopGroup.singleton, threadPool: threadPool,
-            timeouts: config.relayTimeouts, connectionsPerDestination: config.queue.destinationConcurrency, logger: deliveryLogger
+            timeouts: config.relayTimeouts, connectionsPerDestination: config.queue.destinationConcurrency,
+            tlsPolicies: config.relayTLS, logger: deliveryLogger
         )
         let delivery = DeliveryAgent(
             spool: spool, hostname: config.hostname, relay: relay, policy: config.queue,

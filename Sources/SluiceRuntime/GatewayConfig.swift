@@ -29,7 +29,8 @@ import SluiceStageAPI
 ///
 /// `[[listener]]`: `address` (`"127.0.0.1:2525"`, `"[::1]:2525"`).
 /// `[[route]]`: `domains` (names, or `"*"` for trusted clients only), `to` (`"maildir:PATH"`,
-/// `"smtp://host:port"`, `"lmtp://host:port"`, `"lmtp:unix:/path"`).
+/// `"smtp://host:port"`, `"lmtp://host:port"`, `"lmtp:unix:/path"`), `tls` for SMTP/LMTP routes
+/// (`"none"` | `"opportunistic"` (default) | `"required"`).
 /// `[[stage]]`: `use` (a registered stage), `name` (default: `use`), `timeout_ms` (30000),
 /// `on_error` (`"tempfail"` | `"accept"` | `"reject"`), and the stage's own keys.
 public struct GatewayConfig {
@@ -67,6 +68,8 @@ public struct GatewayConfig {
     public var routes: [RouteTable.Route]
     public var stages: [StageSpec]
     public var queue: QueuePolicy
+    /// Each relay route's `tls`, by next hop.
+    public var relayTLS: [RelayEndpoint: RelayTLSPolicy]
     public var relayTimeouts: RelayTimeouts
 
     public static func load(path: String) throws -> GatewayConfig {
@@ -163,6 +166,7 @@ public struct GatewayConfig {
         }
 
         routes = []
+        relayTLS = [:]
         for (i, values) in routeTables.enumerated() {
             let t = file.table("route[\(i + 1)]", values)
             let domains = try t.strings("domains", default: [])
@@ -175,6 +179,12 @@ public struct GatewayConfig {
             guard let to = try t.string("to") else { throw t.error("to", "missing (e.g. \"maildir:var/mail\")") }
             guard let destination = Destination(parsing: to, baseDirectory: directory) else {
                 throw t.error("to", "'\(to)' is not a destination: use \"maildir:PATH\", \"smtp://host:port\", \"lmtp://host:port\" or \"lmtp:unix:/path\"")
+            }
+            let tls = try t.choice("tls", RelayTLSPolicy.allCases.map(\.rawValue), default: "opportunistic")
+            if case .relay(let endpoint) = destination {
+                relayTLS[endpoint] = RelayTLSPolicy(rawValue: tls)!
+            } else if t.contains("tls") {
+                throw t.error("tls", "only SMTP and LMTP routes use TLS")
             }
             try t.finish()
             routes.append(RouteTable.Route(domains: domains, destination: destination.description))

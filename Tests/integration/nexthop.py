@@ -113,6 +113,7 @@ class Connection:
     helo_name: str | None = None
     closed: float | None = None
     hostile: str | None = None
+    tls: bool = False          # STARTTLS completed on this connection
 
 
 @dataclass
@@ -169,6 +170,9 @@ class NextHop:
         self.hostile: str | None = None
         self.hostile_at = "greeting"
         self.pipeline_probe_s = 0.0
+        # STARTTLS: offered when a server ssl.SSLContext is given; `starttls_reply` overrides the 220
+        self.tls_context = None
+        self.starttls_reply: str | None = None
         for k, v in knobs.items():
             if not hasattr(self, k):
                 raise TypeError(f"unknown NextHop knob {k!r}")
@@ -513,7 +517,24 @@ class _Session:
             lines.append("250 SMTPUTF8")
         if nh.enhancedstatuscodes:
             lines.append("250 ENHANCEDSTATUSCODES")
+        if nh.tls_context is not None and not self.conn.tls:
+            lines.append("250 STARTTLS")
         return "\n".join(lines)
+
+    async def cmd_STARTTLS(self, arg):
+        nh = self.nh
+        if nh.tls_context is None or self.conn.tls:
+            await self.reply("502 5.5.1 STARTTLS not offered")
+            return
+        if nh.starttls_reply:
+            await self.reply(nh.starttls_reply)
+            return
+        await self.reply("220 2.0.0 Ready to start TLS")
+        self.buf = b""  # plaintext pipelined after STARTTLS is discarded (CVE-2011-0411)
+        await self.writer.start_tls(nh.tls_context)
+        self.conn.tls = True
+        self.esmtp = False
+        self.greeted = False
 
     async def _hello(self, verb: str, arg: str, esmtp: bool):
         h = self.hostile_here("ehlo")

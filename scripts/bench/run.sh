@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sluice benchmark harness: Postfix baseline vs Sluice, plus an idle-connection
-# memory check.  See scripts/bench/README.md.
+# Sluice benchmark harness: Postfix baseline vs Sluice (maildir delivery, then
+# relay to an smtp-sink next hop), an idle-connection memory check, and
+# Sluice's acceptance rate with delivery on vs alone.  See scripts/bench/README.md.
 #
 #   SLUICE_BIN=.build/release/sluice bash scripts/bench/run.sh
 #
@@ -13,13 +14,20 @@
 #   BENCH_IDLE_CONNS      idle connections to hold open          (1000)
 #   BENCH_IDLE_LIMIT_MB   RSS limit for the idle check           (100)
 #   BENCH_TIMEOUT         bound in seconds for each wait         (300)
-#   BENCH_ONLY            all | postfix | sluice                 (all)
+#   BENCH_ONLY            all, or a comma list of servers (postfix, sluice) and/or
+#                         scenarios (maildir = maildir throughput + idle check, relay);
+#                         an omitted kind means all of that kind  (all)
+#   BENCH_ACCEPT_TARGET   % of the acceptance rate alone that acceptance with delivery
+#                         on must reach                          (80)
 #   BENCH_POSTFIX_PORT    (2626)   BENCH_SLUICE_PORT (2627)     loopback only
+#   BENCH_SINK_PORT       (2628)   smtp-sink, the relay next hop  loopback only
 #   BENCH_KEEP            1: keep the temp dir (logs, configs, maildirs)
 #
-# Exit status: 0 all parts ran and the idle check is within its limit,
-# 1 a part failed (setup, delivery, crash, timeout), 3 the idle check
-# held fewer connections than asked or went over the RSS limit.
+# Exit status: 0 all parts ran and the checks passed, 1 a part failed (setup,
+# delivery, crash, timeout), 3 the idle check held fewer connections than
+# asked or went over the RSS limit, 4 acceptance with delivery on was below
+# BENCH_ACCEPT_TARGET % of acceptance alone.
+# shellcheck disable=SC2153  # PF_*, SL_*, PFR_*, SLR_*, SLA_* results are set by save_result
 set -euo pipefail
 
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH:-}"
@@ -36,8 +44,10 @@ IDLE_CONNS=${BENCH_IDLE_CONNS:-1000}
 IDLE_LIMIT_MB=${BENCH_IDLE_LIMIT_MB:-100}
 TIMEOUT=${BENCH_TIMEOUT:-300}
 ONLY=${BENCH_ONLY:-all}
+ACCEPT_TARGET=${BENCH_ACCEPT_TARGET:-80}
 PF_PORT=${BENCH_POSTFIX_PORT:-2626}
 SL_PORT=${BENCH_SLUICE_PORT:-2627}
+SINK_PORT=${BENCH_SINK_PORT:-2628}
 KEEP=${BENCH_KEEP:-0}
 HOST=127.0.0.1   # never anything but loopback
 
@@ -48,18 +58,30 @@ fcalc() { awk "BEGIN { printf \"$1\", $2 }"; }
 
 for v in MESSAGES:BENCH_MESSAGES SESSIONS:BENCH_SESSIONS SIZE:BENCH_SIZE \
          IDLE_CONNS:BENCH_IDLE_CONNS IDLE_LIMIT_MB:BENCH_IDLE_LIMIT_MB TIMEOUT:BENCH_TIMEOUT \
-         PF_PORT:BENCH_POSTFIX_PORT SL_PORT:BENCH_SLUICE_PORT; do
+         PF_PORT:BENCH_POSTFIX_PORT SL_PORT:BENCH_SLUICE_PORT SINK_PORT:BENCH_SINK_PORT \
+         ACCEPT_TARGET:BENCH_ACCEPT_TARGET; do
     val=${v%%:*}
     [[ ${!val} =~ ^[0-9]+$ ]] && (( ${!val} > 0 )) || die "${v#*:} must be a positive integer (got '${!val}')"
 done
 (( TIMEOUT >= 30 )) || die "BENCH_TIMEOUT must be at least 30"
 [[ $REUSE == 0 || $REUSE == 1 ]] || die "BENCH_REUSE must be 0 or 1"
-case $ONLY in all|postfix|sluice) ;; *) die "BENCH_ONLY must be all, postfix or sluice";; esac
+(( PF_PORT != SL_PORT && PF_PORT != SINK_PORT && SL_PORT != SINK_PORT )) \
+    || die "BENCH_POSTFIX_PORT, BENCH_SLUICE_PORT and BENCH_SINK_PORT must differ"
+RUN_POSTFIX=0; RUN_SLUICE=0; RUN_MAILDIR=0; RUN_RELAY=0
+IFS=', ' read -ra only_words <<<"$ONLY"
+for w in "${only_words[@]}"; do
+    case $w in
+        ''|all) ;;
+        postfix) RUN_POSTFIX=1 ;;
+        sluice) RUN_SLUICE=1 ;;
+        maildir) RUN_MAILDIR=1 ;;
+        relay) RUN_RELAY=1 ;;
+        *) die "BENCH_ONLY: unknown word '$w' (all, postfix, sluice, maildir, relay)" ;;
+    esac
+done
+(( RUN_POSTFIX || RUN_SLUICE )) || { RUN_POSTFIX=1; RUN_SLUICE=1; }
+(( RUN_MAILDIR || RUN_RELAY )) || { RUN_MAILDIR=1; RUN_RELAY=1; }
 (( EUID == 0 )) || die "must run as root (a private Postfix instance needs root to start)"
-
-RUN_POSTFIX=0; RUN_SLUICE=0
-[[ $ONLY == all || $ONLY == postfix ]] && RUN_POSTFIX=1
-[[ $ONLY == all || $ONLY == sluice ]] && RUN_SLUICE=1
 if (( RUN_SLUICE )); then
     [[ -n ${SLUICE_BIN:-} ]] || die "SLUICE_BIN is not set (use BENCH_ONLY=postfix to run only the baseline)"
     [[ -x $SLUICE_BIN ]] || die "SLUICE_BIN=$SLUICE_BIN is not an executable file"
@@ -70,17 +92,26 @@ fi
 WORK=""
 PF_ETC=""; PF_STARTED=0
 SL_PID=""
+SINK_PID=""; WATCH_PID=""
 SYSTEM_PF_STARTED_BY_US=0
 BG_PIDS=()
 FAILED=0
 IDLE_BAD=0
+ACCEPT_BAD=0
 
 system_postfix_running() {
     # The default instance (config /etc/postfix); quiet if unconfigured.
     [[ -f /etc/postfix/main.cf ]] && postfix status >/dev/null 2>&1
 }
 
-pid_alive() { [[ -n ${1:-} && -d /proc/$1 ]] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
+# A process that is gone, or a zombie, is not alive.  (Reading the state in one step: a
+# zombie reaped between a -d test and the read must not count as alive.)
+pid_alive() {
+    local st
+    [[ -n ${1:-} ]] || return 1
+    st=$(grep -m 1 '^State:' "/proc/$1/status" 2>/dev/null) || return 1
+    [[ $st != *Z* && $st != *X* ]]
+}
 
 stop_sluice() {
     # SIGTERM, wait up to 20 s, then SIGKILL. Sets SL_STOP_STATUS.
@@ -119,6 +150,20 @@ stop_private_postfix() {
     PF_STARTED=0
 }
 
+stop_sink() {
+    # smtp-sink first (SIGTERM, then SIGKILL after 5 s); its watcher then sees EOF.
+    local p i
+    for p in "$SINK_PID" "$WATCH_PID"; do
+        [[ -n $p ]] || continue
+        pid_alive "$p" && kill -TERM "$p" 2>/dev/null
+        for ((i = 0; i < 50; i++)); do pid_alive "$p" || break; sleep 0.1; done
+        pid_alive "$p" && kill -KILL "$p" 2>/dev/null
+        wait "$p" 2>/dev/null || true
+    done
+    SINK_PID=""; WATCH_PID=""
+    return 0
+}
+
 # Each server gets a fresh ext4 file system (a loop-mounted sparse image) when the machine
 # allows it: ext4 slows inode allocation after many recent deletions, so a server measured
 # on a disk the other one (or a previous run) just churned would pay for their deletions.
@@ -147,6 +192,7 @@ cleanup() {
     for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null; done
     stop_sluice
     stop_private_postfix
+    stop_sink
     if (( SYSTEM_PF_STARTED_BY_US )) && system_postfix_running; then
         postfix stop >/dev/null 2>&1
     fi
@@ -165,6 +211,7 @@ trap 'exit 143' TERM
 ensure_deps() {
     local pkgs=()
     command -v postfix >/dev/null && command -v smtp-source >/dev/null \
+        && command -v smtp-sink >/dev/null \
         && [[ -x /usr/lib/postfix/sbin/virtual ]] || pkgs+=(postfix)
     [[ -x $PY ]] || pkgs+=(python3)
     command -v timeout >/dev/null || pkgs+=(coreutils)
@@ -230,12 +277,21 @@ SRC_FLAGS=(-4 -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -M client.test
            -f bench@client.test -t bench@example.test)
 (( REUSE )) && SRC_FLAGS=(-d "${SRC_FLAGS[@]}")
 
-# measure NAME PORT NEWDIR SAMPLER-ROOT-ARGS...
-# Sets R_ERR R_ELAPSED R_SRC R_RATE R_RSS_KB R_PSS_KB R_PROCS; returns 1 on failure.
+# Messages counted by smtp-sink so far, from a sink_watch.py events file.
+sink_count() { tail -n 1 "$1" 2>/dev/null | awk '{ n = $2 } END { print n + 0 }' || true; }
+
+# measure NAME PORT KIND TARGET SAMPLER-ROOT-ARGS...
+#   KIND maildir: TARGET is the maildir's new/; done when it holds MESSAGES files; the
+#                 end is the later of the client finishing and the newest file's mtime.
+#   KIND sink:    TARGET is a sink_watch.py events file; done when smtp-sink has counted
+#                 MESSAGES; the end is the later of the client finishing and that moment.
+#   KIND accept:  TARGET is the spool's queue/; done when it holds MESSAGES files; the end
+#                 is the client finishing (only acceptance is measured).
+# Sets R_ERR R_ELAPSED R_SRC R_RATE R_ACC_RATE R_RSS_KB R_PSS_KB R_PROCS; returns 1 on failure.
 measure() {
-    local name=$1 port=$2 newdir=$3; shift 3
+    local name=$1 port=$2 kind=$3 target=$4; shift 4
     local out="$WORK/$name-rss.txt" srclog="$WORK/$name-smtp-source.log"
-    R_ERR=""; R_ELAPSED=0; R_SRC=0; R_RATE=0
+    R_ERR=""; R_ELAPSED=0; R_SRC=0; R_RATE=0; R_ACC_RATE=0
     R_RSS_KB=0; R_PSS_KB=0; R_PROCS=0
 
     "$PY" "$HERE/rss_sampler.py" "$@" --out "$out" --interval 0.1 \
@@ -265,7 +321,10 @@ measure() {
         deadline=$(( $(date +%s) + 5 ))
     fi
     while :; do
-        n=$(count_files "$newdir")
+        case $kind in
+            sink) n=$(sink_count "$target") ;;
+            *) n=$(count_files "$target") ;;
+        esac
         (( n >= MESSAGES )) && break
         (( $(date +%s) < deadline )) || break
         sleep 0.1
@@ -280,31 +339,98 @@ measure() {
     fi
 
     if (( n < MESSAGES )); then
-        [[ -n $R_ERR ]] || R_ERR="only $n of $MESSAGES messages delivered to $newdir within ${TIMEOUT}s"
+        if [[ -z $R_ERR ]]; then
+            case $kind in
+                maildir) R_ERR="only $n of $MESSAGES messages delivered to $target within ${TIMEOUT}s" ;;
+                sink) R_ERR="smtp-sink received only $n of $MESSAGES messages within ${TIMEOUT}s" ;;
+                accept) R_ERR="only $n of $MESSAGES messages in $target after the client finished" ;;
+            esac
+        fi
         return 1
     fi
     [[ -z $R_ERR ]] || return 1
-    # End of the run = the later of the client finishing and the last
-    # message landing in new/ (mtime is set when the file was written).
+    R_ACC_RATE=$(fcalc %.1f "$MESSAGES / $R_SRC")
     local last
-    last=$(find "$newdir" -maxdepth 1 -type f -printf '%T@\n' | sort -n | tail -n 1)
+    case $kind in
+        maildir)
+            # End of the run = the later of the client finishing and the last
+            # message landing in new/ (mtime is set when the file was written).
+            last=$(find "$target" -maxdepth 1 -type f -printf '%T@\n' | sort -n | tail -n 1) ;;
+        sink)
+            # sink_watch.py stamped the moment the counter first reached MESSAGES.
+            last=$(awk -v m="$MESSAGES" '$2 >= m { print $1; exit }' "$target") ;;
+        accept)
+            last=$t1 ;;
+    esac
     R_ELAPSED=$(fcalc %.3f "($last > $t1 ? $last : $t1) - $t0")
     R_RATE=$(fcalc %.1f "$MESSAGES / $R_ELAPSED")
-    # Sanity: a delivered message carries the whole payload (maildir files
-    # may store LF instead of CRLF, about 1 byte in 80 less).
-    local f sz
-    f=$(find "$newdir" -maxdepth 1 -type f -print -quit)
-    sz=$(stat -c %s "$f")
-    if (( sz < SIZE * 95 / 100 )); then
-        R_ERR="delivered message $f is only $sz bytes (payload was $SIZE)"
+    if [[ $kind == maildir ]]; then
+        # Sanity: a delivered message carries the whole payload (maildir files
+        # may store LF instead of CRLF, about 1 byte in 80 less).
+        local f sz
+        f=$(find "$target" -maxdepth 1 -type f -print -quit)
+        sz=$(stat -c %s "$f")
+        if (( sz < SIZE * 95 / 100 )); then
+            R_ERR="delivered message $f is only $sz bytes (payload was $SIZE)"
+            return 1
+        fi
+    fi
+}
+
+# save_result PREFIX: copy the R_* results of the last measure into PREFIX_*.
+save_result() {
+    printf -v "${1}_ELAPSED" %s "$R_ELAPSED"; printf -v "${1}_SRC" %s "$R_SRC"
+    printf -v "${1}_RATE" %s "$R_RATE"; printf -v "${1}_ACC_RATE" %s "$R_ACC_RATE"
+    printf -v "${1}_RSS_KB" %s "$R_RSS_KB"; printf -v "${1}_PSS_KB" %s "$R_PSS_KB"
+    printf -v "${1}_PROCS" %s "$R_PROCS"
+}
+
+# ---------------------------------------------------------------- smtp-sink (relay next hop)
+# start_sink NAME -> SINK_PID, WATCH_PID, SINK_EVENTS; or returns 1 with SINK_LINE set.
+# smtp-sink -c writes its counters into a FIFO that sink_watch.py timestamps.
+start_sink() {
+    local name=$1 fifo="$WORK/$1-sink.fifo"
+    SINK_EVENTS="$WORK/$name-sink.events"; SINK_LINE=""
+    port_listening "$SINK_PORT" && { SINK_LINE="sink port $SINK_PORT is already in use"; return 1; }
+    rm -f "$fifo"; mkfifo "$fifo"
+    "$PY" "$HERE/sink_watch.py" --out "$SINK_EVENTS" <"$fifo" &
+    WATCH_PID=$!
+    BG_PIDS+=("$WATCH_PID")
+    # -u: smtp-sink refuses to run as root; -m: room for both servers' connections.
+    smtp-sink -4 -c -u postfix -h sink.bench.test -m 1000 "$HOST:$SINK_PORT" 1000 \
+        >"$fifo" 2>"$WORK/$name-sink.err" &
+    SINK_PID=$!
+    BG_PIDS+=("$SINK_PID")
+    if ! wait_port "$SINK_PORT" "$SINK_PID"; then
+        SINK_LINE="smtp-sink is not listening on $HOST:$SINK_PORT: $(tailf "$WORK/$name-sink.err")"
+        stop_sink
+        return 1
+    fi
+    local i
+    for ((i = 0; i < 50; i++)); do [[ -s $SINK_EVENTS ]] && break; sleep 0.1; done
+    [[ -s $SINK_EVENTS ]] || { SINK_LINE="sink_watch.py did not start"; stop_sink; return 1; }
+    log "$name: smtp-sink up on $HOST:$SINK_PORT (pid $SINK_PID)"
+}
+
+# ---------------------------------------------------------------- postfix
+PF_OK=0; PF_LINE=""; PFR_OK=0; PFR_LINE=""
+# run_postfix MODE: MODE maildir (virtual delivery to a maildir; results in PF_*)
+# or relay (relay to smtp-sink; results in PFR_*).  P_LINE: the failure.
+run_postfix() {
+    local mode=$1 pfx=PF base="$WORK/postfix"
+    [[ $mode == relay ]] && { pfx=PFR; base="$WORK/postfix-relay"; }
+    if postfix_run "$mode" "$pfx" "$base"; then
+        printf -v "${pfx}_OK" 1
+    else
+        printf -v "${pfx}_LINE" '%s' "$P_LINE"
         return 1
     fi
 }
 
-# ---------------------------------------------------------------- postfix
-PF_OK=0; PF_LINE=""
-run_postfix() {
-    local base="$WORK/postfix"
+postfix_run() {  # MODE PREFIX BASE-DIR
+    local mode=$1 pfx=$2 base=$3 name=postfix
+    [[ $mode == relay ]] && name=postfix-relay
+    P_LINE=""
     fresh_fs "$base"
     PF_ETC="$base/etc"; PF_Q="$base/queue"
     local data="$base/data" vmail="$base/vmail" maillog="$base/maillog"
@@ -337,16 +463,33 @@ alias_database =
 local_recipient_maps =
 biff = no
 smtpd_banner = \$myhostname ESMTP
+# no syslog daemon is assumed: log to a file through postlogd
+maillog_file = $maillog
+maillog_file_prefixes = $base
+EOF
+    if [[ $mode == maildir ]]; then
+        cat >>"$PF_ETC/main.cf" <<EOF
 virtual_mailbox_domains = example.test
 virtual_mailbox_base = $vmail
 virtual_mailbox_maps = static:example.test/bench/
 virtual_minimum_uid = $uid
 virtual_uid_maps = static:$uid
 virtual_gid_maps = static:$gid
-# no syslog daemon is assumed: log to a file through postlogd
-maillog_file = $maillog
-maillog_file_prefixes = $base
 EOF
+    else
+        # Relay: example.test goes to smtp-sink, an IP literal (no DNS, no MX);
+        # nothing is delivered locally and nothing else leaves (error transport).
+        cat >>"$PF_ETC/main.cf" <<EOF
+relay_domains = example.test
+relay_transport = relay:[$HOST]:$SINK_PORT
+default_transport = error:not routed in this benchmark
+smtp_dns_support_level = disabled
+smtp_host_lookup = native
+smtp_tls_security_level = none
+# the default (default_destination_concurrency_limit), as Sluice's destination_concurrency
+relay_destination_concurrency_limit = 20
+EOF
+    fi
 
     cat >"$PF_ETC/master.cf" <<EOF
 # service type  private unpriv  chroot  wakeup  maxproc command
@@ -376,34 +519,47 @@ scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 EOF
 
-    port_listening "$PF_PORT" && { PF_LINE="port $PF_PORT is already in use"; return 1; }
+    port_listening "$PF_PORT" && { P_LINE="port $PF_PORT is already in use"; return 1; }
     if ! postfix -c "$PF_ETC" check >"$base/check.log" 2>&1; then
-        PF_LINE="postfix check failed: $(tailf "$base/check.log")"; return 1
+        P_LINE="postfix check failed: $(tailf "$base/check.log")"; return 1
+    fi
+    if [[ -s $base/check.log ]]; then
+        log "$name: postfix check says: $(tailf "$base/check.log")"
+    fi
+    local kind=maildir target="$vmail/example.test/bench/new"
+    if [[ $mode == relay ]]; then
+        start_sink "$name" || { P_LINE="$SINK_LINE"; return 1; }
+        kind=sink; target=$SINK_EVENTS
     fi
     PF_STARTED=1
     if ! timeout 60 postfix -c "$PF_ETC" start >"$base/start.log" 2>&1; then
-        PF_LINE="postfix start failed: $(tailf "$base/start.log")"; return 1
+        P_LINE="postfix start failed: $(tailf "$base/start.log")"; stop_sink; return 1
     fi
     if ! wait_port "$PF_PORT"; then
-        PF_LINE="postfix is not listening on $HOST:$PF_PORT after 30 s: $(tailf "$maillog")"
+        P_LINE="postfix is not listening on $HOST:$PF_PORT after 30 s: $(tailf "$maillog")"
+        stop_sink
         return 1
     fi
-    log "postfix: private instance up (config $PF_ETC)"
+    log "$name: private instance up (config $PF_ETC)"
 
-    if ! measure postfix "$PF_PORT" "$vmail/example.test/bench/new" --pidfile "$PF_Q/pid/master.pid"; then
-        PF_LINE="$R_ERR"
-        [[ -f $maillog ]] && log "postfix maillog tail:" && tail -n 5 "$maillog" >&2
+    if ! measure "$name" "$PF_PORT" "$kind" "$target" --pidfile "$PF_Q/pid/master.pid"; then
+        P_LINE="$R_ERR"
+        [[ -f $maillog ]] && log "$name maillog tail:" && tail -n 5 "$maillog" >&2
         stop_private_postfix
+        stop_sink
         return 1
     fi
-    PF_ELAPSED=$R_ELAPSED; PF_RATE=$R_RATE; PF_RSS_KB=$R_RSS_KB
-    PF_PSS_KB=$R_PSS_KB; PF_PROCS=$R_PROCS; PF_SRC=$R_SRC
+    save_result "$pfx"
     stop_private_postfix
-    PF_OK=1
+    if [[ $mode == relay ]]; then
+        stop_sink
+        PFR_SINK=$(sink_count "$SINK_EVENTS")
+        PFR_DEFERRED=$(grep -c 'status=deferred' "$maillog" 2>/dev/null || true)
+    fi
 }
 
 # ---------------------------------------------------------------- sluice
-write_sluice_conf() {  # DIR PORT EXTRA-SERVER-LINES
+write_sluice_conf() {  # DIR PORT EXTRA-SERVER-LINES [ROUTE-TO [TRAILER]]
     mkdir -p "$1"
     cat >"$1/pipeline.conf" <<EOF
 [server]
@@ -415,7 +571,7 @@ address = "$HOST:$2"
 
 [[route]]
 domains = ["example.test"]
-to = "maildir:mail"
+to = "${4:-maildir:mail}"
 
 [[stage]]
 use = "access"
@@ -424,6 +580,7 @@ deny_clients = ["192.0.2.0/24"]
 [[stage]]
 use = "size-limit"
 max_bytes = 10485760
+${5:-}
 EOF
 }
 
@@ -452,7 +609,7 @@ run_sluice() {
     start_sluice "$dir" || return 1
     log "sluice: up (pid $SL_PID, config $dir/pipeline.conf)"
     local newdir="$dir/mail/example.test/bench/new"
-    if ! measure sluice "$SL_PORT" "$newdir" --pid "$SL_PID"; then
+    if ! measure sluice "$SL_PORT" maildir "$newdir" --pid "$SL_PID"; then
         SL_LINE="$R_ERR"
         if [[ ! -d $newdir && -d $dir/mail ]]; then
             SL_LINE+="; maildirs found: $(find "$dir/mail" -type d -name new | tr '\n' ' ')"
@@ -461,8 +618,7 @@ run_sluice() {
         stop_sluice
         return 1
     fi
-    SL_ELAPSED=$R_ELAPSED; SL_RATE=$R_RATE; SL_RSS_KB=$R_RSS_KB
-    SL_PSS_KB=$R_PSS_KB; SL_PROCS=$R_PROCS; SL_SRC=$R_SRC
+    save_result SL
     local alive=1
     pid_alive "$SL_PID" || alive=0
     stop_sluice
@@ -505,13 +661,90 @@ run_idle() {
     IDLE_OK=1
 }
 
+# ---------------------------------------------------------------- sluice relay
+# Both relay runs use the same pipeline.conf: the example.test route goes to smtp-sink on
+# SINK_PORT.  The end-to-end run starts the sink; the acceptance-alone run leaves the port
+# closed, so every delivery attempt is refused at once and deferred for an hour (no retry
+# falls inside the run).
+write_sluice_relay_conf() {  # DIR
+    write_sluice_conf "$1" "$SL_PORT" "" "smtp://$HOST:$SINK_PORT" \
+        $'[queue]\nmin_backoff_s = 3600\nmax_backoff_s = 3600'
+}
+
+SLR_OK=0; SLR_LINE=""
+run_sluice_relay() {
+    local dir="$WORK/sluice-relay"
+    fresh_fs "$dir"
+    write_sluice_relay_conf "$dir"
+    start_sink sluice-relay || { SLR_LINE="$SINK_LINE"; return 1; }
+    start_sluice "$dir" || { SLR_LINE="$SL_LINE"; stop_sink; return 1; }
+    log "sluice-relay: up (pid $SL_PID, config $dir/pipeline.conf)"
+    local ok=1
+    measure sluice-relay "$SL_PORT" sink "$SINK_EVENTS" --pid "$SL_PID" || ok=0
+    SLR_DEFERRED=$(grep -c 'status=deferred' "$dir/sluice.log" 2>/dev/null || true)
+    local alive=1
+    pid_alive "$SL_PID" || alive=0
+    stop_sluice
+    SLR_TERM=$SL_STOP_STATUS
+    stop_sink
+    SLR_SINK=$(sink_count "$SINK_EVENTS")
+    if (( ! ok )); then
+        SLR_LINE="$R_ERR"
+        (( SLR_DEFERRED )) && SLR_LINE+="; $SLR_DEFERRED deliveries deferred (retry in 1 h): $(grep 'status=deferred' "$dir/sluice.log" | tail -n 1)"
+        (( alive )) || SLR_LINE+="; sluice died: $(tailf "$dir/sluice.log")"
+        return 1
+    fi
+    save_result SLR
+    (( alive )) || { SLR_LINE="sluice died during the run: $(tailf "$dir/sluice.log")"; return 1; }
+    SLR_OK=1
+}
+
+SLA_OK=0; SLA_LINE=""
+run_sluice_accept() {
+    local dir="$WORK/sluice-accept"
+    fresh_fs "$dir"
+    write_sluice_relay_conf "$dir"
+    if port_listening "$SINK_PORT"; then
+        SLA_LINE="something listens on the next-hop port $SINK_PORT; it must be down for this run"
+        return 1
+    fi
+    start_sluice "$dir" || { SLA_LINE="$SL_LINE"; return 1; }
+    log "sluice-accept: up (pid $SL_PID), next hop $HOST:$SINK_PORT down"
+    local ok=1
+    measure sluice-accept "$SL_PORT" accept "$dir/spool/queue" --pid "$SL_PID" || ok=0
+    SLA_DEFERRED=$(grep -c 'status=deferred' "$dir/sluice.log" 2>/dev/null || true)
+    local alive=1
+    pid_alive "$SL_PID" || alive=0
+    stop_sluice
+    SLA_TERM=$SL_STOP_STATUS
+    if (( ! ok )); then
+        SLA_LINE="$R_ERR"
+        (( alive )) || SLA_LINE+="; sluice died: $(tailf "$dir/sluice.log")"
+        return 1
+    fi
+    save_result SLA
+    (( alive )) || { SLA_LINE="sluice died during the run: $(tailf "$dir/sluice.log")"; return 1; }
+    SLA_OK=1
+}
+
 # ---------------------------------------------------------------- run
-if (( RUN_POSTFIX )); then
-    run_postfix || { FAILED=1; log "postfix: FAILED: $PF_LINE"; }
+if (( RUN_MAILDIR )); then
+    if (( RUN_POSTFIX )); then
+        run_postfix maildir || { FAILED=1; log "postfix: FAILED: $PF_LINE"; }
+    fi
+    if (( RUN_SLUICE )); then
+        run_sluice || { FAILED=1; log "sluice: FAILED: $SL_LINE"; }
+        run_idle || { FAILED=1; log "idle: FAILED: $IDLE_LINE"; }
+    fi
 fi
-if (( RUN_SLUICE )); then
-    run_sluice || { FAILED=1; log "sluice: FAILED: $SL_LINE"; }
-    run_idle || { FAILED=1; log "idle: FAILED: $IDLE_LINE"; }
+if (( RUN_RELAY )); then
+    if (( RUN_POSTFIX )); then
+        run_postfix relay || { FAILED=1; log "postfix-relay: FAILED: $PFR_LINE"; }
+    fi
+    if (( RUN_SLUICE )); then
+        run_sluice_relay || { FAILED=1; log "sluice-relay: FAILED: $SLR_LINE"; }
+        run_sluice_accept || { FAILED=1; log "sluice-accept: FAILED: $SLA_LINE"; }
+    fi
 fi
 
 # ---------------------------------------------------------------- summary
@@ -529,9 +762,21 @@ if (( IDLE_OK )); then
     echo "idle:    sluice RSS before connecting $(mb "$IDLE_BASE_KB") MB; $IDLE_TERM"
     [[ $IDLE_ERR == - ]] || echo "idle:    first connection error: $IDLE_ERR"
 fi
+if (( RUN_RELAY )); then
+    echo "relay:   next hop smtp-sink on $HOST:$SINK_PORT; end = the sink has counted all $MESSAGES messages"
+fi
+if (( PFR_OK )); then
+    echo "relay postfix: client done after $PFR_SRC s, sink complete at $PFR_ELAPSED s; sink counted $PFR_SINK; $PFR_DEFERRED deferrals logged; up to $PFR_PROCS processes"
+fi
+if (( SLR_OK )); then
+    echo "relay sluice:  client done after $SLR_SRC s, sink complete at $SLR_ELAPSED s; sink counted $SLR_SINK; $SLR_DEFERRED deferrals logged; $SLR_TERM"
+fi
+if (( SLA_OK )); then
+    echo "accept alone:  client done after $SLA_SRC s; $SLA_DEFERRED delivery attempts refused and deferred; peak RSS $(mb "$SLA_RSS_KB") MB; $SLA_TERM"
+fi
 echo
 echo "== summary =="
-if (( RUN_POSTFIX )); then
+if (( RUN_MAILDIR && RUN_POSTFIX )); then
     if (( PF_OK )); then
         printf 'postfix: %d msgs in %.2f s = %.0f msgs/s, peak RSS %s MB (PSS %s MB)\n' \
             "$MESSAGES" "$PF_ELAPSED" "$PF_RATE" "$(mb "$PF_RSS_KB")" "$(mb "$PF_PSS_KB")"
@@ -539,7 +784,7 @@ if (( RUN_POSTFIX )); then
         echo "postfix: FAILED: $PF_LINE"
     fi
 fi
-if (( RUN_SLUICE )); then
+if (( RUN_MAILDIR && RUN_SLUICE )); then
     if (( SL_OK )); then
         printf 'sluice:  %d msgs in %.2f s = %.0f msgs/s, peak RSS %s MB (PSS %s MB)\n' \
             "$MESSAGES" "$SL_ELAPSED" "$SL_RATE" "$(mb "$SL_RSS_KB")" "$(mb "$SL_PSS_KB")"
@@ -550,7 +795,7 @@ fi
 if (( PF_OK && SL_OK )); then
     echo "ratio sluice/postfix: $(fcalc %.2f "$SL_RATE / $PF_RATE")"
 fi
-if (( RUN_SLUICE )); then
+if (( RUN_MAILDIR && RUN_SLUICE )); then
     if (( IDLE_OK )); then
         verdict=""
         if (( IDLE_HELD < IDLE_CONNS )); then
@@ -564,7 +809,41 @@ if (( RUN_SLUICE )); then
         echo "idle: FAILED: $IDLE_LINE"
     fi
 fi
+if (( RUN_RELAY && RUN_POSTFIX )); then
+    if (( PFR_OK )); then
+        printf 'relay postfix: %d msgs relayed in %.2f s = %.0f msgs/s (accepted at %.0f msgs/s), peak RSS %s MB (PSS %s MB)\n' \
+            "$MESSAGES" "$PFR_ELAPSED" "$PFR_RATE" "$PFR_ACC_RATE" "$(mb "$PFR_RSS_KB")" "$(mb "$PFR_PSS_KB")"
+    else
+        echo "relay postfix: FAILED: $PFR_LINE"
+    fi
+fi
+if (( RUN_RELAY && RUN_SLUICE )); then
+    if (( SLR_OK )); then
+        printf 'relay sluice:  %d msgs relayed in %.2f s = %.0f msgs/s (accepted at %.0f msgs/s), peak RSS %s MB (PSS %s MB)\n' \
+            "$MESSAGES" "$SLR_ELAPSED" "$SLR_RATE" "$SLR_ACC_RATE" "$(mb "$SLR_RSS_KB")" "$(mb "$SLR_PSS_KB")"
+    else
+        echo "relay sluice:  FAILED: $SLR_LINE"
+    fi
+fi
+if (( PFR_OK && SLR_OK )); then
+    echo "relay ratio sluice/postfix: $(fcalc %.2f "$SLR_RATE / $PFR_RATE")"
+fi
+if (( RUN_RELAY && RUN_SLUICE )); then
+    if (( SLA_OK )); then
+        printf 'acceptance alone (next hop down): %.0f msgs/s\n' "$SLA_ACC_RATE"
+    else
+        echo "acceptance alone: FAILED: $SLA_LINE"
+    fi
+    if (( SLR_OK && SLA_OK )); then
+        pct=$(fcalc %.0f "100 * $SLR_ACC_RATE / $SLA_ACC_RATE")
+        verdict=""
+        if (( pct < ACCEPT_TARGET )); then verdict=" -- BELOW TARGET"; ACCEPT_BAD=1; fi
+        printf 'acceptance with delivery on: %.0f msgs/s = %d%% of acceptance alone (target >= %d%%)%s\n' \
+            "$SLR_ACC_RATE" "$pct" "$ACCEPT_TARGET" "$verdict"
+    fi
+fi
 
 (( FAILED )) && exit 1
 (( IDLE_BAD )) && exit 3
+(( ACCEPT_BAD )) && exit 4
 exit 0

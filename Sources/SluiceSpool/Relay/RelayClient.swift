@@ -1,7 +1,9 @@
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import SMTPCore
+import Synchronization
 
 /// One message for one next hop: the envelope part going there and where the content lies.
 public struct RelayMessage: Sendable {
@@ -71,6 +73,17 @@ public enum RelayEndpoint: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
+/// A route's `tls` for its next hop.
+public enum RelayTLSPolicy: String, Sendable, CaseIterable {
+    /// Never STARTTLS.
+    case none
+    /// STARTTLS when offered, without certificate verification (Postfix's `may`); after a failed
+    /// handshake the next hop is used in plaintext for an hour. The default.
+    case opportunistic
+    /// Only over STARTTLS (not verified, Postfix's `encrypt`); without it the mail waits.
+    case required
+}
+
 /// Timeouts of the relay client (`[queue]` keys).
 public struct RelayTimeouts: Sendable {
     /// `connect_timeout_s` (30).
@@ -97,17 +110,50 @@ public final class RelayClient: Sendable {
     let timeouts: RelayTimeouts
     let logger: Logger
     private let dispatcher: RelayDispatcher
+    private let tlsPolicies: [RelayEndpoint: RelayTLSPolicy]
+    private let tlsContext: NIOSSLContext
+    private let tlsFailures = Mutex<[RelayEndpoint: NIODeadline]>([:])
 
+    /// - Parameter tlsPolicies: each route's `tls` by next hop; others are opportunistic.
     public init(
         hostname: String, group: any EventLoopGroup, threadPool: NIOThreadPool, timeouts: RelayTimeouts,
-        connectionsPerDestination: Int = 20, logger: Logger
-    ) {
+        connectionsPerDestination: Int = 20, tlsPolicies: [RelayEndpoint: RelayTLSPolicy] = [:], logger: Logger
+    ) throws {
         self.hostname = hostname
         self.group = group
         self.threadPool = threadPool
         self.timeouts = timeouts
         self.logger = logger
         self.dispatcher = RelayDispatcher(limit: connectionsPerDestination)
+        self.tlsPolicies = tlsPolicies
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.certificateVerification = .none  // opportunistic and "encrypt" levels do not verify
+        tls.minimumTLSVersion = .tlsv12
+        self.tlsContext = try NIOSSLContext(configuration: tls)
+    }
+
+    func tlsPolicy(for endpoint: RelayEndpoint) -> RelayTLSPolicy { tlsPolicies[endpoint] ?? .opportunistic }
+
+    func tlsRecentlyFailed(_ endpoint: RelayEndpoint) -> Bool {
+        tlsFailures.withLock { $0[endpoint].map { NIODeadline.now() < $0 } ?? false }
+    }
+
+    func noteTLSFailure(_ endpoint: RelayEndpoint) {
+        logger.notice("TLS handshake failed; plaintext to this next hop for an hour", metadata: ["next_hop": "\(endpoint)"])
+        tlsFailures.withLock { $0[endpoint] = .now() + .hours(1) }
+    }
+
+    /// Puts a TLS client handler in front of the connection, after the next hop's 220 to STARTTLS.
+    func startTLS(on channel: any Channel, endpoint: RelayEndpoint) async throws {
+        let context = tlsContext
+        var serverName: String?
+        if case .smtp(let host, _) = endpoint, IPAddressText.isLiteral(host) == false { serverName = host }
+        if case .lmtp(let host, _) = endpoint, IPAddressText.isLiteral(host) == false { serverName = host }
+        let name = serverName
+        try await channel.eventLoop.submit {
+            let handler = try NIOSSLClientHandler(context: context, serverHostname: name)
+            try channel.pipeline.syncOperations.addHandler(handler, position: .first)
+        }.get()
     }
 
     /// Delivers one message to one next hop; returns each recipient's outcome, in order.
@@ -272,5 +318,12 @@ struct Watchdog {
     mutating func disarm() {
         task?.cancel()
         task = nil
+    }
+}
+
+/// Whether a host is an IP literal (TLS SNI takes names only).
+enum IPAddressText {
+    static func isLiteral(_ host: String) -> Bool {
+        (try? SocketAddress(ipAddress: host, port: 0)) != nil
     }
 }

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import NIOSSL
 import SMTPCore
 
 /// One client conversation with a next hop (RFC 5321 section 3, RFC 2920, RFC 2033).
@@ -71,8 +72,50 @@ struct RelaySession {
             try? await send("QUIT\r\n")
             return .failure(.init(outcome: .from(hello).asDeferredUnlessPermanent))
         }
-        return .success(extensions)
+        return try await negotiateTLS(extensions)
     }
+
+    /// STARTTLS (RFC 3207) per the route's `tls`: opportunistic uses it when offered (and falls
+    /// back to plaintext for a while after a failed handshake), required defers without it.
+    private mutating func negotiateTLS(_ extensions: [String: String]) async throws -> Result<[String: String], RecipientOutcomeFailure> {
+        let policy = client.tlsPolicy(for: endpoint)
+        let offered = extensions["STARTTLS"] != nil
+        func refuse(_ why: String) async -> Result<[String: String], RecipientOutcomeFailure> {
+            try? await send("QUIT\r\n")
+            return .failure(.init(outcome: .deferred(SMTPReply(451, "4.7.5", why))))
+        }
+        guard policy != .none, offered, policy == .required || !client.tlsRecentlyFailed(endpoint) else {
+            if policy == .required { return await refuse("TLS is required but \(endpoint) does not offer STARTTLS") }
+            return .success(extensions)
+        }
+        try await send("STARTTLS\r\n")
+        let ready = try await readReply()
+        guard ready.code == 220 else {
+            if policy == .required { return await refuse("\(endpoint) refused STARTTLS: \(ready)") }
+            return .success(extensions)
+        }
+        // Nothing may follow the 220 in plaintext (RFC 3207 section 5, CVE-2011-0411).
+        guard !parser.hasBufferedInput else { throw Failure(description: "\(endpoint) sent data after its STARTTLS 220") }
+        do {
+            try await client.startTLS(on: watchdog.channel, endpoint: endpoint)
+            try await send("\(endpoint.isLMTP ? "LHLO" : "EHLO") \(client.hostname)\r\n")
+            let hello = try await readReply()
+            guard hello.code == 250 else { return await refuse("\(endpoint) refused EHLO after STARTTLS: \(hello)") }
+            var upgraded: [String: String] = [:]
+            for line in hello.lines.dropFirst() {
+                let parts = line.split(separator: " ", maxSplits: 1)
+                if let keyword = parts.first { upgraded[keyword.uppercased()] = parts.count > 1 ? String(parts[1]) : "" }
+            }
+            tlsActive = true
+            return .success(upgraded)
+        } catch {
+            if policy == .opportunistic { client.noteTLSFailure(endpoint) }
+            throw Failure(description: "TLS with \(endpoint) failed: \(error)")
+        }
+    }
+
+    /// True once STARTTLS succeeded on this connection.
+    private(set) var tlsActive = false
 
     /// One mail transaction on an open connection; `reset` sends RSET first (a reused connection).
     /// Fills `outcomes` as replies come in; a broken connection throws.
