@@ -25,7 +25,8 @@ import SluiceStageAPI
 /// - `log_level` (`"info"`): trace, debug, info, notice, warning, error, critical.
 ///
 /// `[queue]` keys: `min_backoff_s` (300), `max_backoff_s` (3600), `max_lifetime_s` (432000),
-/// `destination_concurrency` (20), `connect_timeout_s` (30), `command_timeout_s` (300).
+/// `destination_concurrency` (20), `connect_timeout_s` (30), `command_timeout_s` (300),
+/// `delay_warning_s` (0 = off).
 ///
 /// `[[listener]]`: `address` (`"127.0.0.1:2525"`, `"[::1]:2525"`).
 /// `[[route]]`: `domains` (names, or `"*"` for trusted clients only), `to` (`"maildir:PATH"`,
@@ -144,6 +145,7 @@ public struct GatewayConfig {
         queue.maxBackoff = .seconds(try q.int("max_backoff_s", default: 3600, range: 1...604_800))
         queue.maxLifetime = Double(try q.int("max_lifetime_s", default: 432_000, range: 1...31_536_000))
         queue.destinationConcurrency = try q.int("destination_concurrency", default: 20, range: 1...1000)
+        queue.delayWarning = Double(try q.int("delay_warning_s", default: 0, range: 0...31_536_000))
         relayTimeouts = RelayTimeouts()
         relayTimeouts.connect = .seconds(Int64(try q.int("connect_timeout_s", default: 30, range: 1...3600)))
         relayTimeouts.command = .seconds(Int64(try q.int("command_timeout_s", default: 300, range: 1...3600)))

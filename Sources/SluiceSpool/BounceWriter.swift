@@ -13,12 +13,20 @@ struct BounceWriter: Sendable {
     let route: @Sendable (Mailbox) -> String?
 
     /// Blocking: queues the DSN and returns its id, or nil when no route takes the sender.
-    func write(for message: Spool.StoredMessage, failures: [(SpoolEnvelope.SpooledRecipient, SMTPReply)]) throws -> String? {
+    /// What the notification reports (RFC 3464 `Action`).
+    enum Kind: String, Sendable {
+        /// The recipients failed for good.
+        case failed
+        /// The recipients are still being retried (a delay warning).
+        case delayed
+    }
+
+    func write(for message: Spool.StoredMessage, failures: [(SpoolEnvelope.SpooledRecipient, SMTPReply)], kind: Kind = .failed) throws -> String? {
         guard let sender = message.envelope.sender.mailbox, let destination = route(sender) else { return nil }
         let headers = try originalHeaders(message)
         let id = QueueID.make()
         let content = Array(Self.report(
-            id: id, original: message.envelope, failures: failures, headers: headers, hostname: hostname, to: sender
+            id: id, original: message.envelope, failures: failures, headers: headers, hostname: hostname, to: sender, kind: kind
         ).utf8)
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
@@ -44,7 +52,7 @@ struct BounceWriter: Sendable {
 
     static func report(
         id: String, original: SpoolEnvelope, failures: [(SpoolEnvelope.SpooledRecipient, SMTPReply)],
-        headers: String, hostname: String, to sender: Mailbox
+        headers: String, hostname: String, to sender: Mailbox, kind: Kind = .failed
     ) -> String {
         let boundary = "\(id)/\(hostname)"
         let now = ReceivedDate.now()
@@ -52,7 +60,7 @@ struct BounceWriter: Sendable {
         s += "Received: by \(hostname) (Sluice) id \(id); \(now)\r\n"
         s += "From: Mail Delivery System <MAILER-DAEMON@\(hostname)>\r\n"
         s += "To: <\(sender)>\r\n"
-        s += "Subject: Undelivered Mail Returned to Sender\r\n"
+        s += kind == .failed ? "Subject: Undelivered Mail Returned to Sender\r\n" : "Subject: Delayed Mail (still being retried)\r\n"
         s += "Date: \(now)\r\n"
         s += "Message-ID: <\(id).bounce@\(hostname)>\r\n"
         s += "Auto-Submitted: auto-replied\r\n"
@@ -62,7 +70,9 @@ struct BounceWriter: Sendable {
         s += "--\(boundary)\r\n"
         s += "Content-Description: Notification\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
         s += "This is the mail system at host \(hostname).\r\n\r\n"
-        s += "Your message could not be delivered to one or more recipients.\r\n"
+        s += kind == .failed
+            ? "Your message could not be delivered to one or more recipients.\r\n"
+            : "Your message could not be delivered yet to one or more recipients; delivery is still being tried.\r\nThis is only a warning: you do not need to send the message again.\r\n"
         s += "The mail system said:\r\n\r\n"
         for (rcpt, reply) in failures { s += "<\(rcpt.address)>: \(reply.description.replacingNewlines())\r\n" }
         s += "\r\n--\(boundary)\r\n"
@@ -74,7 +84,7 @@ struct BounceWriter: Sendable {
             // A permanent refusal keeps its code; an expired deferral is reported as 4.x.x (RFC 3463 X.4.7).
             let status = reply.enhancedCode.map { "\($0.statusClass).\($0.subject).\($0.detail)" } ?? (reply.isTransientFailure ? "4.0.0" : "5.0.0")
             s += "\r\nFinal-Recipient: rfc822; \(rcpt.address)\r\n"
-            s += "Action: failed\r\n"
+            s += "Action: \(kind.rawValue)\r\n"
             s += "Status: \(status)\r\n"
             s += "Diagnostic-Code: smtp; \(reply.description.replacingNewlines())\r\n"
         }

@@ -70,6 +70,9 @@ public struct QueuePolicy: Sendable {
     public var maxBackoff: Duration = .seconds(3600)
     /// `max_lifetime_s` (432000, 5 days): a recipient still deferred after this is bounced.
     public var maxLifetime: Double = 432_000
+    /// `delay_warning_s` (0 = off, as in Postfix; e.g. 14400 for 4 h): once a message has waited
+    /// this long, its sender gets one "delayed" notification.
+    public var delayWarning: Double = 0
     /// `destination_concurrency` (20): connections to one next hop at a time (see `RelayClient`).
     public var destinationConcurrency = 20
 
@@ -279,15 +282,30 @@ public final class DeliveryAgent: Sendable {
         let bounces = self.bounces
         do {
             if stillDeferred {
-                let newly = outcomes.compactMap { i, o -> (Int, DeliveryState.Resolution)? in
+                let newly: [(Int, DeliveryState.Resolution)] = outcomes.compactMap { i, o -> (Int, DeliveryState.Resolution)? in
                     switch o {
                     case .delivered: (i, .delivered)
                     case .failed(let r): (i, .failed(r))
                     case .deferred: nil
                     }
                 }
-                if !newly.isEmpty {
-                    try await spool.threadPool.runIfActive { try DeliveryState.append(spool.layout, id, newly) }
+                var record = newly
+                var warningID: String?
+                if policy.delayWarning > 0, age >= policy.delayWarning, resolved[DeliveryState.warnedKey] == nil,
+                   case .mailbox = envelope.sender {
+                    let delayed = outcomes.sorted(by: { $0.key < $1.key }).compactMap { i, o -> (SpoolEnvelope.SpooledRecipient, SMTPReply)? in
+                        if case .deferred(let r) = o { (envelope.recipients[i], r) } else { nil }
+                    }
+                    warningID = try await spool.threadPool.runIfActive { try bounces.write(for: message, failures: delayed, kind: .delayed) }
+                    record.append((DeliveryState.warnedKey, .delivered))
+                }
+                if !record.isEmpty {
+                    let entries = record
+                    try await spool.threadPool.runIfActive { try DeliveryState.append(spool.layout, id, entries) }
+                }
+                if let warningID {
+                    logger.info("delay warning queued", metadata: ["queue_id": "\(id)", "warning_id": "\(warningID)"])
+                    enqueue(warningID)
                 }
                 let n = attempts.withLock { a -> Int in
                     a[id, default: 0] += 1

@@ -5,13 +5,16 @@ import Glibc
 
 /// The recipients of a queued message already resolved by an earlier attempt, kept in
 /// `spool/state/<id>` as appended lines (`D <index>` delivered, `F <index> <code> <enhanced> <text>`
-/// failed), each batch fsync'd. A message whose recipients all resolve in one attempt never
-/// gets a state file.
+/// failed, `W 0` a delay warning was sent), each batch fsync'd. A message whose recipients all
+/// resolve in one attempt never gets a state file.
 enum DeliveryState {
     enum Resolution: Sendable, Hashable {
         case delivered
         case failed(SMTPReply)
     }
+
+    /// The key under which `load` reports that a delay warning went out.
+    static let warnedKey = -1
 
     static func path(_ layout: SpoolLayout, _ id: String) -> String { layout.state + "/" + id }
 
@@ -26,7 +29,9 @@ enum DeliveryState {
             let text = String(decoding: line, as: UTF8.self)
             let parts = text.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false)
             guard parts.count >= 2, let index = Int(parts[1]) else { continue }  // a torn last line
-            if parts[0] == "D" {
+            if parts[0] == "W" {
+                result[warnedKey] = .delivered
+            } else if parts[0] == "D" {
                 result[index] = .delivered
             } else if parts[0] == "F", parts.count == 3, let reply = SMTPReply(parsing: String(parts[2])) {
                 result[index] = .failed(reply)
@@ -39,6 +44,7 @@ enum DeliveryState {
         var text = ""
         for (index, resolution) in entries {
             switch resolution {
+            case .delivered where index == warnedKey: text += "W 0\n"
             case .delivered: text += "D \(index)\n"
             case .failed(let reply): text += "F \(index) \(reply.description.replacingNewlines())\n"
             }

@@ -113,4 +113,19 @@ struct BounceReportTests {
         #expect(text.contains("--B1/mx.example.test--\r\n"))
         #expect(!text.contains("\n\n") && !text.replacingOccurrences(of: "\r\n", with: "").contains("\n"))
     }
+
+    @Test func delayedReportSaysSo() {
+        let envelope = SpoolEnvelope(
+            id: "ORIG2", sender: .mailbox(Mailbox(localPart: "s", domain: "client.test")), senderParameters: [],
+            recipients: [], client: .init(address: "127.0.0.1", port: 1, helo: "x"), protocolName: "ESMTP",
+            receivedAt: 0, size: 10, body: nil, smtputf8: false, quarantine: nil, trace: []
+        )
+        let rcpt = SpoolEnvelope.SpooledRecipient(address: Mailbox(localPart: "slow", domain: "relay.test"), parameters: [], destination: "smtp://h:25")
+        let text = BounceWriter.report(
+            id: "B2", original: envelope, failures: [(rcpt, SMTPReply(451, "4.2.0", "later"))],
+            headers: "", hostname: "mx.example.test", to: Mailbox(localPart: "s", domain: "client.test"), kind: .delayed
+        )
+        #expect(text.contains("Subject: Delayed Mail (still being retried)\r\n"))
+        #expect(text.contains("Action: delayed\r\nStatus: 4.2.0\r\n"))
+    }
 }
