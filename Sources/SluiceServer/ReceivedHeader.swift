@@ -1,3 +1,4 @@
+import SMTPCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -12,17 +13,7 @@ enum ReceivedHeader {
         var s = "Received: from \(heloName ?? "unknown") (unknown [\(literal)])\r\n"
         s += "\tby \(serverHostname) (Sluice) with \(protocolName) id \(queueID)"
         if let rcpt = singleRecipient { s += "\r\n\tfor <\(rcpt)>" }
-        s += "; \(rfc5322Date(time))\r\n"
+        s += "; \(RFC5322Date.format(time))\r\n"
         return Array(s.utf8)
-    }
-
-    /// `Sun, 29 Nov 2026 08:30:53 +0000` (RFC 5322 section 3.3).
-    static func rfc5322Date(_ t: time_t) -> String {
-        var t = t
-        var tm = tm()
-        localtime_r(&t, &tm)
-        var buffer = [CChar](repeating: 0, count: 64)
-        let n = strftime(&buffer, buffer.count, "%a, %d %b %Y %H:%M:%S %z", &tm)
-        return String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }

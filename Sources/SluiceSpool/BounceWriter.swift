@@ -55,7 +55,7 @@ struct BounceWriter: Sendable {
         headers: String, hostname: String, to sender: Mailbox, kind: Kind = .failed
     ) -> String {
         let boundary = "\(id)/\(hostname)"
-        let now = ReceivedDate.now()
+        let now = RFC5322Date.now()
         var s = ""
         s += "Received: by \(hostname) (Sluice) id \(id); \(now)\r\n"
         s += "From: Mail Delivery System <MAILER-DAEMON@\(hostname)>\r\n"
@@ -79,7 +79,7 @@ struct BounceWriter: Sendable {
         s += "Content-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n"
         s += "Reporting-MTA: dns; \(hostname)\r\n"
         s += "X-Sluice-Queue-ID: \(original.id)\r\n"
-        s += "Arrival-Date: \(ReceivedDate.format(time_t(original.receivedAt)))\r\n"
+        s += "Arrival-Date: \(RFC5322Date.format(time_t(original.receivedAt)))\r\n"
         for (rcpt, reply) in failures {
             // A permanent refusal keeps its code; an expired deferral is reported as 4.x.x (RFC 3463 X.4.7).
             let status = reply.enhancedCode.map { "\($0.statusClass).\($0.subject).\($0.detail)" } ?? (reply.isTransientFailure ? "4.0.0" : "5.0.0")
@@ -93,19 +93,5 @@ struct BounceWriter: Sendable {
         s += headers
         s += "\r\n--\(boundary)--\r\n"
         return s
-    }
-}
-
-/// RFC 5322 dates for generated messages.
-enum ReceivedDate {
-    static func now() -> String { format(time(nil)) }
-
-    static func format(_ t: time_t) -> String {
-        var t = t
-        var tm = tm()
-        localtime_r(&t, &tm)
-        var buffer = [CChar](repeating: 0, count: 64)
-        let n = strftime(&buffer, buffer.count, "%a, %d %b %Y %H:%M:%S %z", &tm)
-        return String(decoding: buffer.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }

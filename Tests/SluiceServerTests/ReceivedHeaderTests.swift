@@ -1,3 +1,4 @@
+import SMTPCore
 import Testing
 @testable import SluiceServer
 
@@ -41,7 +42,7 @@ struct ReceivedHeaderTests {
     }
 
     @Test func dateIsRFC5322() {
-        let date = ReceivedHeader.rfc5322Date(time)
+        let date = RFC5322Date.format(time)
         // e.g. "Sun, 29 Nov 2026 08:30:53 +0000" in whatever zone the host uses
         let parts = date.split(separator: " ")
         #expect(parts.count == 6, "\(date)")

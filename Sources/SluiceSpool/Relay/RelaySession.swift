@@ -60,10 +60,7 @@ struct RelaySession {
         var hello = try await readReply()
         var extensions: [String: String] = [:]
         if hello.code == 250 {
-            for line in hello.lines.dropFirst() {
-                let parts = line.split(separator: " ", maxSplits: 1)
-                if let keyword = parts.first { extensions[keyword.uppercased()] = parts.count > 1 ? String(parts[1]) : "" }
-            }
+            extensions = Self.extensions(hello)
         } else if !endpoint.isLMTP && hello.isPermanentFailure {
             try await send("HELO \(client.hostname)\r\n")
             hello = try await readReply()
@@ -101,17 +98,22 @@ struct RelaySession {
             try await send("\(endpoint.isLMTP ? "LHLO" : "EHLO") \(client.hostname)\r\n")
             let hello = try await readReply()
             guard hello.code == 250 else { return await refuse("\(endpoint) refused EHLO after STARTTLS: \(hello)") }
-            var upgraded: [String: String] = [:]
-            for line in hello.lines.dropFirst() {
-                let parts = line.split(separator: " ", maxSplits: 1)
-                if let keyword = parts.first { upgraded[keyword.uppercased()] = parts.count > 1 ? String(parts[1]) : "" }
-            }
             tlsActive = true
-            return .success(upgraded)
+            return .success(Self.extensions(hello))
         } catch {
             if policy == .opportunistic { client.noteTLSFailure(endpoint) }
             throw Failure(description: "TLS with \(endpoint) failed: \(error)")
         }
+    }
+
+    /// The EHLO keywords (uppercased) and their parameters (RFC 5321 4.1.1.1).
+    static func extensions(_ hello: SMTPReply) -> [String: String] {
+        var extensions: [String: String] = [:]
+        for line in hello.lines.dropFirst() {
+            let parts = line.split(separator: " ", maxSplits: 1)
+            if let keyword = parts.first { extensions[keyword.uppercased()] = parts.count > 1 ? String(parts[1]) : "" }
+        }
+        return extensions
     }
 
     /// True once STARTTLS succeeded on this connection.
