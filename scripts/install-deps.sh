@@ -6,7 +6,7 @@ what=${1:-test}
 pkgs=()
 case "$what" in
   run)   pkgs=(swaks) ;;
-  test)  pkgs=(swaks postfix python3-pytest python3-aiosmtpd python3-dnslib procps) ;;
+  test)  pkgs=(swaks postfix openssl python3-pytest python3-aiosmtpd python3-dnslib procps) ;;
   bench) pkgs=(postfix python3 procps) ;;
   *) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
 esac
