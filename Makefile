@@ -4,14 +4,16 @@ CONFIG ?= pipeline.conf
 PYTHON ?= /usr/bin/python3
 BIN := .build/debug/sluice
 
-.PHONY: all build release run test unit-test integration-test bench check-config clean
+.PHONY: all build release run test unit-test integration-test spf-suite bench check-config clean
 
 all: build
 
 build:
+	scripts/install-deps.sh build
 	$(SWIFT) build
 
 release:
+	scripts/install-deps.sh build
 	$(SWIFT) build -c release
 
 run:
@@ -26,13 +28,20 @@ test:
 	scripts/install-deps.sh test
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	scripts/fetch-spf-suite.sh
 	SLUICE_BIN=$(CURDIR)/$(BIN) $(PYTHON) -m pytest -q -p no:cacheprovider Tests/integration
 
 unit-test:
 	$(SWIFT) test
 
 integration-test: build
+	scripts/fetch-spf-suite.sh
 	SLUICE_BIN=$(CURDIR)/$(BIN) $(PYTHON) -m pytest -q -p no:cacheprovider Tests/integration
+
+# The openspf RFC 7208 suite alone, with its summary and failures printed.
+spf-suite: build
+	scripts/fetch-spf-suite.sh
+	SLUICE_BIN=$(CURDIR)/$(BIN) $(PYTHON) -m pytest -q -s -p no:cacheprovider Tests/integration/test_spf_conformance.py
 
 bench:
 	scripts/install-deps.sh bench

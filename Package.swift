@@ -19,6 +19,9 @@ let package = Package(
     ],
     targets: [
         .target(name: "SMTPCore"),
+        .systemLibrary(name: "CUnbound", pkgConfig: "libunbound", providers: [.apt(["libunbound-dev"])]),
+        .systemLibrary(name: "CSPF2", providers: [.apt(["libspf2-dev"])]),
+        .target(name: "SluiceDNS", dependencies: ["CUnbound", "SluiceStageAPI"]),
         .target(name: "SluiceStageAPI", dependencies: [
             "SMTPCore",
             .product(name: "Logging", package: "swift-log"),
@@ -40,9 +43,12 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .target(name: "SluiceStages", dependencies: ["SMTPCore", "SluiceStageAPI"]),
+        .target(name: "SluiceStages", dependencies: [
+            "SMTPCore", "SluiceStageAPI", "CSPF2",
+            .product(name: "NIOPosix", package: "swift-nio"),
+        ]),
         .target(name: "SluiceRuntime", dependencies: [
-            "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceSpool", "SluiceServer", "SluiceStages",
+            "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceSpool", "SluiceServer", "SluiceStages", "SluiceDNS",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
@@ -50,7 +56,7 @@ let package = Package(
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
         .executableTarget(name: "sluice", dependencies: [
-            "SluiceRuntime", "SluiceSpool", "SluiceStageAPI", "SluicePipeline",
+            "SluiceRuntime", "SluiceSpool", "SluiceStageAPI", "SluicePipeline", "SluiceDNS", "SluiceStages",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Sluice's build, tests or benchmark need, when missing.
-# Usage: scripts/install-deps.sh run|test|bench
+# Usage: scripts/install-deps.sh build|run|test|bench
 set -euo pipefail
 what=${1:-test}
-pkgs=()
+# The C libraries the build links (libspf2, libunbound), then what each use needs.
+pkgs=(libspf2-dev libunbound-dev pkg-config)
 case "$what" in
-  run)   pkgs=(swaks) ;;
-  test)  pkgs=(swaks postfix openssl python3-pytest python3-aiosmtpd python3-dnslib procps) ;;
-  bench) pkgs=(postfix python3 procps) ;;
-  *) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
+  build) ;;
+  run)   pkgs+=(swaks) ;;
+  test)  pkgs+=(swaks postfix openssl python3-pytest python3-aiosmtpd python3-dnslib python3-yaml python3-pip procps) ;;
+  bench) pkgs+=(postfix python3 python3-dnslib procps) ;;
+  *) echo "usage: $0 build|run|test|bench" >&2; exit 2 ;;
 esac
 missing=()
 for p in "${pkgs[@]}"; do

@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import SluiceDNS
 import SluicePipeline
 import SluiceServer
 import SluiceSpool
@@ -16,11 +17,18 @@ public final class Gateway: Sendable {
     let server: SMTPServer
     let threadPool: NIOThreadPool
     let logger: Logger
+    /// The one DNS resolver (`[dns]`) of stages and delivery.
+    public let resolver: any DNSResolver
 
     public init(config: GatewayConfig, registry: StageRegistry, logger: Logger) throws {
         self.logger = logger
         self.config = config.resolved
-        chain = try registry.buildChain(config, logger: logger)
+        do {
+            resolver = try UnboundResolver(configuration: config.dns)
+        } catch let error as DNSError {
+            throw ConfigError(file: config.file, line: nil, key: "dns", message: error.message)
+        }
+        chain = try registry.buildChain(config, logger: logger, resolver: resolver)
         threadPool = NIOThreadPool(numberOfThreads: config.deliveryConcurrency + 32)
         threadPool.start()
         let spool = Spool(layout: SpoolLayout(root: config.spool), threadPool: threadPool, minFreeBytes: UInt64(config.minFreeBytes))

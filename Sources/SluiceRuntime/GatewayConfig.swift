@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import SluiceDNS
 import SluicePipeline
 import SluiceServer
 import SluiceSpool
@@ -27,6 +28,9 @@ import SluiceStageAPI
 /// `[queue]` keys: `min_backoff_s` (300), `max_backoff_s` (3600), `max_lifetime_s` (432000),
 /// `destination_concurrency` (20), `connect_timeout_s` (30), `command_timeout_s` (300),
 /// `delay_warning_s` (0 = off).
+///
+/// `[dns]` keys: `servers` (`[]` = the servers of /etc/resolv.conf; else `"address[:port]"`
+/// forwarders), `timeout_ms` (3000): one resolver with one cache for every stage and for delivery.
 ///
 /// `[[listener]]`: `address` (`"127.0.0.1:2525"`, `"[::1]:2525"`).
 /// `[[route]]`: `domains` (names, or `"*"` for trusted clients only), `to` (`"maildir:PATH"`,
@@ -69,6 +73,7 @@ public struct GatewayConfig {
     public var routes: [RouteTable.Route]
     public var stages: [StageSpec]
     public var queue: QueuePolicy
+    public var dns: DNSConfiguration
     /// Each relay route's `tls`, by next hop.
     public var relayTLS: [RelayEndpoint: RelayTLSPolicy]
     public var relayTimeouts: RelayTimeouts
@@ -102,6 +107,11 @@ public struct GatewayConfig {
         if let v = root.value("queue") {
             guard case .table(let t) = v else { throw root.error("queue", "expected a [queue] table") }
             queueValues = t
+        }
+        var dnsValues: [String: ConfigValue] = [:]
+        if let v = root.value("dns") {
+            guard case .table(let t) = v else { throw root.error("dns", "expected a [dns] table") }
+            dnsValues = t
         }
         try root.finish()
 
@@ -150,6 +160,18 @@ public struct GatewayConfig {
         relayTimeouts.connect = .seconds(Int64(try q.int("connect_timeout_s", default: 30, range: 1...3600)))
         relayTimeouts.command = .seconds(Int64(try q.int("command_timeout_s", default: 300, range: 1...3600)))
         try q.finish()
+
+        let d = file.table("dns", dnsValues)
+        dns = DNSConfiguration(
+            servers: try d.strings("servers", default: []).map { text in
+                guard let server = DNSConfiguration.Server(text) else {
+                    throw d.error("servers", "'\(text)' is not \"address\" or \"address:port\" (IPv6 as \"[::1]:53\")")
+                }
+                return server
+            },
+            timeout: .milliseconds(try d.int("timeout_ms", default: 3000, range: 10...120_000))
+        )
+        try d.finish()
 
         listeners = []
         listenerTexts = []

@@ -20,7 +20,7 @@ public struct StageRegistry: Sendable {
     public func factory(_ name: String) -> StageFactory? { factories[name] }
 
     /// Makes every configured stage and the checked chain.
-    public func buildChain(_ config: GatewayConfig, logger: Logger) throws -> StageChain {
+    public func buildChain(_ config: GatewayConfig, logger: Logger, resolver: any DNSResolver = NoResolver()) throws -> StageChain {
         var entries: [StageEntry] = []
         for spec in config.stages {
             guard let factory = factories[spec.kind] else {
@@ -28,7 +28,9 @@ public struct StageRegistry: Sendable {
             }
             var stageLogger = logger
             stageLogger[metadataKey: "stage"] = "\(spec.name)"
-            let environment = StageEnvironment(hostname: config.hostname, configDirectory: config.directory, logger: stageLogger)
+            let environment = StageEnvironment(
+                hostname: config.hostname, configDirectory: config.directory, logger: stageLogger, resolver: resolver
+            )
             let stage = try factory.makeStage(config: spec.table, environment: environment)
             try spec.table.finish()
             entries.append(StageEntry(name: spec.name, kind: spec.kind, stage: stage, timeout: spec.timeout, onError: spec.onError))

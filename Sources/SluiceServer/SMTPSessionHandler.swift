@@ -333,7 +333,11 @@ final class SMTPSessionHandler: ChannelInboundHandler {
         let chain = server.chain
         let spool = server.spool
         let section = HeaderSection.parse(draft.headerPrefix, atEnd: draft.size <= SpoolDraft.headerPrefixLimit)
-        let initial = MessageDraft(headers: section.fields, sender: tx.sender, recipients: tx.recipients)
+        var initial = MessageDraft(headers: section.fields, sender: tx.sender, recipients: tx.recipients)
+        // Authentication-Results claiming our authserv-id did not come from us (RFC 8601 5).
+        for edit in AuthenticationResultsHeader.removeSpoofed(from: section.fields, hostname: server.session.hostname) {
+            initial.apply(edit)
+        }
         let receivedSize = draft.size
         let eventLoop = context.eventLoop
 
@@ -365,7 +369,12 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     }
 
     private func commit(_ eom: StageChain.EndOfMessageResult, section: HeaderSection, transaction tx: SessionStateMachine.Transaction) {
+        var eom = eom
         trace += eom.trace
+        if let results = machine.transactionInfo?.results.all,
+           let value = AuthenticationResultsHeader.value(hostname: server.session.hostname, results: results) {
+            eom.draft.apply(.insertHeader(index: 0, name: AuthenticationResultsHeader.name, value: value))
+        }
         var verdict = eom.verdict
         if case .continue = verdict, let held = machine.heldVerdict { verdict = held }
         switch verdict {

@@ -24,6 +24,12 @@ public struct IPAddress: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// An address from its 4 (IPv4) or 16 (IPv6) network-order bytes.
+    public init?(bytes: [UInt8]) {
+        guard bytes.count == 4 || bytes.count == 16 else { return nil }
+        self.bytes = bytes
+    }
+
     public var isIPv4: Bool { bytes.count == 4 }
 
     public var description: String {

@@ -8,11 +8,14 @@ public struct StageEnvironment: Sendable {
     public var configDirectory: String
     /// A logger labelled with the stage's name.
     public var logger: Logger
+    /// The gateway's DNS resolver (`[dns]`), with its cache and timeouts.
+    public var resolver: any DNSResolver
 
-    public init(hostname: String, configDirectory: String, logger: Logger) {
+    public init(hostname: String, configDirectory: String, logger: Logger, resolver: any DNSResolver = NoResolver()) {
         self.hostname = hostname
         self.configDirectory = configDirectory
         self.logger = logger
+        self.resolver = resolver
     }
 
     /// Resolves a path from the config against the config file's directory.

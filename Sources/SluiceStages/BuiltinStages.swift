@@ -6,5 +6,6 @@ public enum BuiltinStages {
         AccessStage.factory,
         SizeLimitStage.factory,
         HeaderChecksStage.factory,
+        SPFStage.factory,
     ]
 }

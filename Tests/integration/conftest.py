@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from dnsserver import DNSServer, dns_section  # noqa: F401  (re-exported for the tests)
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_BIN = HERE.parent.parent / ".build" / "debug" / "sluice"
 SLUICE_BIN = os.environ.get("SLUICE_BIN", str(DEFAULT_BIN))
@@ -540,6 +542,15 @@ def gateway(gateway_factory):
     if gw.running():
         rc = gw.stop()
         assert rc == 0, f"sluice exited {rc} on SIGTERM\n--- stderr ---\n{gw.stderr_text()}"
+
+
+@pytest.fixture
+def dns_server():
+    """A running scriptable DNS server (dnsserver.py) on 127.0.0.1, empty zone; tests call
+    `dns_server.set_zone({...})` and point the gateway at it with `dns_section(dns_server)`."""
+    server = DNSServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,0 +1,52 @@
+import SluiceStageAPI
+
+/// The `[dns]` table of `pipeline.conf`.
+///
+/// ```toml
+/// [dns]
+/// servers = ["127.0.0.1:15353"]   # forwarders, "address[:port]"; empty = the system's resolv.conf
+/// timeout_ms = 3000               # per query
+/// ```
+public struct DNSConfiguration: Sendable, Hashable {
+    /// Forwarders as (address, port); empty means the servers in /etc/resolv.conf.
+    public var servers: [Server]
+    /// How long one query may take before it fails with `DNSError.timeout`.
+    public var timeout: Duration
+
+    public struct Server: Sendable, Hashable, CustomStringConvertible {
+        public var address: IPAddress
+        public var port: Int
+
+        /// `192.0.2.1`, `192.0.2.1:5353`, `2001:db8::1`, `[2001:db8::1]:5353`.
+        public init?(_ text: String) {
+            var host = text
+            var port = 53
+            if text.hasPrefix("[") {
+                guard let close = text.firstIndex(of: "]") else { return nil }
+                host = String(text[text.index(after: text.startIndex)..<close])
+                let rest = text[text.index(after: close)...]
+                if !rest.isEmpty {
+                    guard rest.hasPrefix(":"), let p = Int(rest.dropFirst()) else { return nil }
+                    port = p
+                }
+            } else if text.filter({ $0 == ":" }).count == 1, let colon = text.firstIndex(of: ":") {
+                host = String(text[..<colon])
+                guard let p = Int(text[text.index(after: colon)...]) else { return nil }
+                port = p
+            }
+            guard let address = IPAddress(host), (1...65535).contains(port) else { return nil }
+            self.address = address
+            self.port = port
+        }
+
+        /// libunbound's forwarder syntax: `address@port`.
+        var unboundForm: String { "\(address)@\(port)" }
+
+        public var description: String { address.isIPv4 ? "\(address):\(port)" : "[\(address)]:\(port)" }
+    }
+
+    public init(servers: [Server] = [], timeout: Duration = .milliseconds(3000)) {
+        self.servers = servers
+        self.timeout = timeout
+    }
+}

@@ -1,0 +1,30 @@
+/// A DNS resource record type (RFC 1035 3.2.2 and later RFCs), as asked of a `DNSResolver`.
+public struct DNSRecordType: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt16
+    public init(rawValue: UInt16) { self.rawValue = rawValue }
+
+    public static let a = DNSRecordType(rawValue: 1)
+    public static let ns = DNSRecordType(rawValue: 2)
+    public static let cname = DNSRecordType(rawValue: 5)
+    public static let soa = DNSRecordType(rawValue: 6)
+    public static let ptr = DNSRecordType(rawValue: 12)
+    public static let mx = DNSRecordType(rawValue: 15)
+    public static let txt = DNSRecordType(rawValue: 16)
+    public static let aaaa = DNSRecordType(rawValue: 28)
+    public static let tlsa = DNSRecordType(rawValue: 52)
+
+    public var description: String {
+        switch self {
+        case .a: "A"
+        case .ns: "NS"
+        case .cname: "CNAME"
+        case .soa: "SOA"
+        case .ptr: "PTR"
+        case .mx: "MX"
+        case .txt: "TXT"
+        case .aaaa: "AAAA"
+        case .tlsa: "TLSA"
+        default: "TYPE\(rawValue)"
+        }
+    }
+}
