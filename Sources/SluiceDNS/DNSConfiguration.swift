@@ -6,12 +6,15 @@ import SluiceStageAPI
 /// [dns]
 /// servers = ["127.0.0.1:15353"]   # forwarders, "address[:port]"; empty = the system's resolv.conf
 /// timeout_ms = 3000               # per query
+/// trust_anchor = "/usr/share/dns/root.key"   # optional: validate DNSSEC (Debian dns-root-data)
 /// ```
 public struct DNSConfiguration: Sendable, Hashable {
     /// Forwarders as (address, port); empty means the servers in /etc/resolv.conf.
     public var servers: [Server]
     /// How long one query may take before it fails with `DNSError.timeout`.
     public var timeout: Duration
+    /// A DNSSEC trust anchor file (e.g. the root key); without one answers are `insecure`.
+    public var trustAnchorFile: String?
 
     public struct Server: Sendable, Hashable, CustomStringConvertible {
         public var address: IPAddress
@@ -45,8 +48,9 @@ public struct DNSConfiguration: Sendable, Hashable {
         public var description: String { address.isIPv4 ? "\(address):\(port)" : "[\(address)]:\(port)" }
     }
 
-    public init(servers: [Server] = [], timeout: Duration = .milliseconds(3000)) {
+    public init(servers: [Server] = [], timeout: Duration = .milliseconds(3000), trustAnchorFile: String? = nil) {
         self.servers = servers
         self.timeout = timeout
+        self.trustAnchorFile = trustAnchorFile
     }
 }

@@ -15,6 +15,9 @@ import Glibc
 public final class UnboundResolver: DNSResolver {
     private let context: Context
     private let thread: Thread
+    /// Answers kept here for their TTL, so a warm lookup costs no thread hop at all
+    /// (libunbound's own cache sits behind this one).
+    private let cache = SharedAnswerCache()
 
     /// Starts the resolver and its thread.
     /// - Throws: `DNSError` when libunbound refuses the configuration.
@@ -40,6 +43,9 @@ public final class UnboundResolver: DNSResolver {
             for zone in Self.reservedZones {
                 try check(ub_ctx_set_option(ctx, "local-zone:", "\(zone). transparent"), "local-zone \(zone)")
             }
+        }
+        if let anchor = configuration.trustAnchorFile {
+            try check(ub_ctx_add_ta_file(ctx, anchor), "trust anchor \(anchor)")
         }
         var pipe: [Int32] = [0, 0]
         guard Glibc.pipe(&pipe) == 0 else {
@@ -81,9 +87,56 @@ public final class UnboundResolver: DNSResolver {
         }
     }
 
-    /// Starts a query; `completion` runs once, on the resolver's thread (keep it short).
+    /// Starts a query; `completion` runs once: at once on this thread for a cached answer,
+    /// otherwise on the resolver's thread (keep it short).
     public func query(_ name: String, _ type: DNSRecordType, completion: @escaping @Sendable (Result<DNSAnswer, DNSError>) -> Void) {
-        context.submit(Request(name: name, type: type, completion: completion))
+        let key = AnswerCache.Key(name: name, type: type)
+        if let cached = cache.state.withLock({ $0.answer(for: key, now: Context.now()) }) {
+            return completion(.success(cached))
+        }
+        let cache = self.cache
+        context.submit(Request(name: name, type: type) { result in
+            if case .success(let answer) = result {
+                cache.state.withLock { $0.store(answer, for: key, now: Context.now()) }
+            }
+            completion(result)
+        })
+    }
+}
+
+private final class SharedAnswerCache: Sendable {
+    let state = Mutex(AnswerCache())
+}
+
+/// Definite answers (records, NODATA, NXDOMAIN) by question, until their TTL runs out.
+private struct AnswerCache {
+    struct Key: Hashable {
+        let name: String
+        let type: DNSRecordType
+        init(name: String, type: DNSRecordType) {
+            self.name = (name.hasSuffix(".") ? String(name.dropLast()) : name).lowercased()
+            self.type = type
+        }
+    }
+
+    static let limit = 20_000
+    /// An answer is kept at most this long whatever its TTL (milliseconds).
+    static let maxTTL: UInt64 = 3_600_000
+
+    private var entries: [Key: (answer: DNSAnswer, expires: UInt64)] = [:]
+
+    func answer(for key: Key, now: UInt64) -> DNSAnswer? {
+        guard let entry = entries[key], entry.expires > now else { return nil }
+        return entry.answer
+    }
+
+    mutating func store(_ answer: DNSAnswer, for key: Key, now: UInt64) {
+        guard answer.isDefinite, answer.security != .bogus, answer.ttl > 0 else { return }
+        if entries.count >= Self.limit {
+            entries = entries.filter { $0.value.expires > now }
+            if entries.count >= Self.limit { entries.removeAll(keepingCapacity: true) }
+        }
+        entries[key] = (answer, now + min(UInt64(answer.ttl) * 1000, Self.maxTTL))
     }
 }
 

@@ -68,9 +68,13 @@ public struct HeaderSection: Sendable, Hashable {
 
     /// The header section as written into a message, with its empty line.
     public static func encode(_ fields: [HeaderField]) -> [UInt8] {
+        encodeFields(fields) + [0x0D, 0x0A]
+    }
+
+    /// The fields alone, each ending in CRLF (no empty line after them).
+    public static func encodeFields(_ fields: [HeaderField]) -> [UInt8] {
         var out: [UInt8] = []
         for f in fields { out += f.wireBytes }
-        out += [0x0D, 0x0A]
         return out
     }
 }

@@ -39,11 +39,11 @@ public final class Gateway: Sendable {
         let relay = try RelayClient(
             hostname: config.hostname, group: MultiThreadedEventLoopGroup.singleton, threadPool: threadPool,
             timeouts: config.relayTimeouts, connectionsPerDestination: config.queue.destinationConcurrency,
-            tlsPolicies: config.relayTLS, logger: deliveryLogger
+            tlsPolicies: config.relayTLS, defaultTLSPolicy: config.mxTLS, logger: deliveryLogger
         )
         let delivery = DeliveryAgent(
             spool: spool, hostname: config.hostname, relay: relay, policy: config.queue,
-            concurrency: config.deliveryConcurrency,
+            concurrency: config.deliveryConcurrency, resolver: resolver,
             route: { try? routes.destination(for: $0, trusted: true).get() }, logger: deliveryLogger
         )
         self.delivery = delivery

@@ -27,14 +27,16 @@ import SluiceStageAPI
 ///
 /// `[queue]` keys: `min_backoff_s` (300), `max_backoff_s` (3600), `max_lifetime_s` (432000),
 /// `destination_concurrency` (20), `connect_timeout_s` (30), `command_timeout_s` (300),
-/// `delay_warning_s` (0 = off).
+/// `delay_warning_s` (0 = off), `mx_port` (25: the port of mail hosts an `mx` route finds).
 ///
 /// `[dns]` keys: `servers` (`[]` = the servers of /etc/resolv.conf; else `"address[:port]"`
-/// forwarders), `timeout_ms` (3000): one resolver with one cache for every stage and for delivery.
+/// forwarders), `timeout_ms` (3000), `trust_anchor` (none: a DNSSEC trust anchor file such as
+/// /usr/share/dns/root.key): one resolver with one cache for every stage and for delivery.
 ///
 /// `[[listener]]`: `address` (`"127.0.0.1:2525"`, `"[::1]:2525"`).
 /// `[[route]]`: `domains` (names, or `"*"` for trusted clients only), `to` (`"maildir:PATH"`,
-/// `"smtp://host:port"`, `"lmtp://host:port"`, `"lmtp:unix:/path"`), `tls` for SMTP/LMTP routes
+/// `"smtp://host:port"`, `"lmtp://host:port"`, `"lmtp:unix:/path"`, `"mx"`: the recipient domain's
+/// MX hosts via `[dns]`), `tls` for SMTP/LMTP/MX routes
 /// (`"none"` | `"opportunistic"` (default) | `"required"`).
 /// `[[stage]]`: `use` (a registered stage), `name` (default: `use`), `timeout_ms` (30000),
 /// `on_error` (`"tempfail"` | `"accept"` | `"reject"`), and the stage's own keys.
@@ -76,6 +78,8 @@ public struct GatewayConfig {
     public var dns: DNSConfiguration
     /// Each relay route's `tls`, by next hop.
     public var relayTLS: [RelayEndpoint: RelayTLSPolicy]
+    /// The `tls` of an `mx` route, for every mail host it finds.
+    public var mxTLS: RelayTLSPolicy
     public var relayTimeouts: RelayTimeouts
 
     public static func load(path: String) throws -> GatewayConfig {
@@ -156,6 +160,7 @@ public struct GatewayConfig {
         queue.maxLifetime = Double(try q.int("max_lifetime_s", default: 432_000, range: 1...31_536_000))
         queue.destinationConcurrency = try q.int("destination_concurrency", default: 20, range: 1...1000)
         queue.delayWarning = Double(try q.int("delay_warning_s", default: 0, range: 0...31_536_000))
+        queue.mxPort = try q.int("mx_port", default: 25, range: 1...65535)
         relayTimeouts = RelayTimeouts()
         relayTimeouts.connect = .seconds(Int64(try q.int("connect_timeout_s", default: 30, range: 1...3600)))
         relayTimeouts.command = .seconds(Int64(try q.int("command_timeout_s", default: 300, range: 1...3600)))
@@ -169,8 +174,12 @@ public struct GatewayConfig {
                 }
                 return server
             },
-            timeout: .milliseconds(try d.int("timeout_ms", default: 3000, range: 10...120_000))
+            timeout: .milliseconds(try d.int("timeout_ms", default: 3000, range: 10...120_000)),
+            trustAnchorFile: try d.string("trust_anchor").map(resolve)
         )
+        if let anchor = dns.trustAnchorFile, !FileManager.default.isReadableFile(atPath: anchor) {
+            throw d.error("trust_anchor", "cannot read \(anchor)")
+        }
         try d.finish()
 
         listeners = []
@@ -191,6 +200,7 @@ public struct GatewayConfig {
 
         routes = []
         relayTLS = [:]
+        mxTLS = .opportunistic
         for (i, values) in routeTables.enumerated() {
             let t = file.table("route[\(i + 1)]", values)
             let domains = try t.strings("domains", default: [])
@@ -202,11 +212,13 @@ public struct GatewayConfig {
             }
             guard let to = try t.string("to") else { throw t.error("to", "missing (e.g. \"maildir:var/mail\")") }
             guard let destination = Destination(parsing: to, baseDirectory: directory) else {
-                throw t.error("to", "'\(to)' is not a destination: use \"maildir:PATH\", \"smtp://host:port\", \"lmtp://host:port\" or \"lmtp:unix:/path\"")
+                throw t.error("to", "'\(to)' is not a destination: use \"maildir:PATH\", \"smtp://host:port\", \"lmtp://host:port\", \"lmtp:unix:/path\" or \"mx\"")
             }
             let tls = try t.choice("tls", RelayTLSPolicy.allCases.map(\.rawValue), default: "opportunistic")
             if case .relay(let endpoint) = destination {
                 relayTLS[endpoint] = RelayTLSPolicy(rawValue: tls)!
+            } else if case .mx = destination {
+                mxTLS = RelayTLSPolicy(rawValue: tls)!
             } else if t.contains("tls") {
                 throw t.error("tls", "only SMTP and LMTP routes use TLS")
             }

@@ -418,10 +418,18 @@ final class SMTPSessionHandler: ChannelInboundHandler {
             size: dataSize, body: tx.parameters.body, smtputf8: tx.parameters.smtputf8, quarantine: quarantine,
             trace: sessionTrace + trace
         )
-        let commit = SpoolDraft.Commit(
+        var commit = SpoolDraft.Commit(
             envelope: envelope, headers: eom.draft.headersChanged ? eom.draft.headers : nil,
             bodyOffset: section.bodyOffset, replacementBody: eom.draft.replacementBodyPath, quarantine: quarantine != nil
         )
+        // Fields only put on top (Received-SPF, Authentication-Results, ...) need no rewrite
+        // of the spooled content: they travel in the envelope.
+        let edited = eom.draft.headers
+        if eom.draft.headersChanged, eom.draft.replacementBodyPath == nil,
+           edited.count > section.fields.count, Array(edited.suffix(section.fields.count)) == section.fields {
+            commit.prepend = Array(edited.prefix(edited.count - section.fields.count))
+            commit.headers = nil
+        }
         guard let draft else { return finish(.spoolFailed) }
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         draft.commit(commit).whenComplete { result in

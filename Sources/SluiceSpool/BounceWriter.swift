@@ -45,8 +45,8 @@ struct BounceWriter: Sendable {
     private func originalHeaders(_ message: Spool.StoredMessage) throws -> String {
         let fd = try FileIO.openRead(message.path)
         defer { close(fd) }
-        let prefix = try FileIO.pread(fd, count: min(message.contentLength, 65536), offset: 0, path: message.path)
-        let section = HeaderSection.parse(prefix, atEnd: message.contentLength <= 65536)
+        let start = try FileIO.pread(fd, count: min(message.contentLength, 65536), offset: 0, path: message.path)
+        let section = HeaderSection.parse(message.prefix + start, atEnd: message.contentLength <= 65536)
         return section.fields.map { "\($0.name):\($0.value)\r\n" }.joined()
     }
 

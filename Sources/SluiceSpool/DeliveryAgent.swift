@@ -21,6 +21,8 @@ public struct QueuePolicy: Sendable {
     public var delayWarning: Double = 0
     /// `destination_concurrency` (20): connections to one next hop at a time (see `RelayClient`).
     public var destinationConcurrency = 20
+    /// `mx_port` (25): the port of mail hosts found by an `mx` route.
+    public var mxPort = 25
 
     public init() {}
 
@@ -43,6 +45,7 @@ public final class DeliveryAgent: Sendable {
     private let spool: Spool
     private let maildir: MaildirDelivery
     private let relay: RelayClient
+    private let mx: MXLookup
     private let policy: QueuePolicy
     private let bounces: BounceWriter
     private let logger: Logger
@@ -54,9 +57,10 @@ public final class DeliveryAgent: Sendable {
     /// - Parameter route: the destination for a bounce's recipient (the original sender), if any route takes it.
     public init(
         spool: Spool, hostname: String, relay: RelayClient, policy: QueuePolicy, concurrency: Int = 32,
-        route: @escaping @Sendable (Mailbox) -> String?, logger: Logger
+        resolver: any DNSResolver = NoResolver(), route: @escaping @Sendable (Mailbox) -> String?, logger: Logger
     ) {
         self.spool = spool
+        self.mx = MXLookup(resolver: resolver)
         self.maildir = MaildirDelivery(hostname: hostname)
         self.relay = relay
         self.policy = policy
@@ -153,7 +157,12 @@ public final class DeliveryAgent: Sendable {
         var outcomes: [Int: RecipientOutcome] = [:]
         let pending = envelope.recipients.indices.filter { resolved[$0] == nil }
         var byDestination: [String: [Int]] = [:]
-        for i in pending { byDestination[envelope.recipients[i].destination, default: []].append(i) }
+        for i in pending {
+            let r = envelope.recipients[i]
+            // An MX route delivers per recipient domain.
+            let key = r.destination == "mx" ? "mx:\(r.address.normalizedDomain)" : r.destination
+            byDestination[key, default: []].append(i)
+        }
 
         await withTaskGroup(of: [(Int, RecipientOutcome)].self) { group in
             for (text, indices) in byDestination {
@@ -171,6 +180,9 @@ public final class DeliveryAgent: Sendable {
     /// Delivers the recipients `indices` that share one destination.
     private func deliver(_ message: Spool.StoredMessage, indices: [Int], destinationText: String) async -> [(Int, RecipientOutcome)] {
         let envelope = message.envelope
+        if destinationText.hasPrefix("mx:") {
+            return await deliverToMX(message, indices: indices, domain: String(destinationText.dropFirst(3)))
+        }
         guard let destination = Destination(parsing: destinationText, baseDirectory: "/") else {
             let reply = SMTPReply(554, "5.3.5", "unknown destination \(destinationText)")
             return indices.map { ($0, .failed(reply)) }
@@ -183,7 +195,7 @@ public final class DeliveryAgent: Sendable {
                 let recipient = envelope.recipients[i].address
                 do {
                     _ = try await spool.threadPool.runIfActive {
-                        try maildir.deliver(spoolPath: message.path, contentLength: message.contentLength,
+                        try maildir.deliver(spoolPath: message.path, contentLength: message.contentLength, prefix: message.prefix,
                                             sender: envelope.sender, recipient: recipient, root: root)
                     }
                     results.append((i, .delivered(SMTPReply(250, "2.0.0", "delivered to maildir"))))
@@ -195,9 +207,45 @@ public final class DeliveryAgent: Sendable {
         case .relay(let endpoint):
             let relayMessage = RelayMessage(
                 sender: envelope.sender, recipients: indices.map { envelope.recipients[$0].address },
-                path: message.path, contentLength: message.contentLength, body: envelope.body, smtputf8: envelope.smtputf8
+                path: message.path, contentLength: message.contentLength, prefix: message.prefix,
+                body: envelope.body, smtputf8: envelope.smtputf8
             )
             return Array(zip(indices, await relay.deliver(relayMessage, to: endpoint)))
+        case .mx:
+            return await deliverToMX(message, indices: indices, domain: envelope.recipients[indices[0]].address.normalizedDomain)
+        }
+    }
+
+    /// Tries the domain's mail hosts in order; the next one only when a host cannot be reached
+    /// or greets with an error (RFC 5321 5.1), as Postfix does.
+    private func deliverToMX(_ message: Spool.StoredMessage, indices: [Int], domain: String) async -> [(Int, RecipientOutcome)] {
+        let envelope = message.envelope
+        switch await mx.targets(for: domain) {
+        case .failed(let reply):
+            return indices.map { ($0, .failed(reply)) }
+        case .deferred(let reply):
+            return indices.map { ($0, .deferred(reply)) }
+        case .hosts(let hosts):
+            let relayMessage = RelayMessage(
+                sender: envelope.sender, recipients: indices.map { envelope.recipients[$0].address },
+                path: message.path, contentLength: message.contentLength, prefix: message.prefix,
+                body: envelope.body, smtputf8: envelope.smtputf8
+            )
+            var last: [RecipientOutcome] = []
+            for host in hosts {
+                for address in host.addresses {
+                    let outcomes = await relay.deliver(relayMessage, to: .smtp(host: "\(address)", port: policy.mxPort))
+                    let unreachable = outcomes.allSatisfy {
+                        if case .deferred(let r) = $0 { ["4.4.1", "4.4.2"].contains(r.enhancedCode?.description ?? "") } else { false }
+                    }
+                    if !unreachable { return Array(zip(indices, outcomes)) }
+                    logger.info("mail host unreachable, trying the next", metadata: [
+                        "domain": "\(domain)", "host": "\(host.name)", "address": "\(address)", "reply": "\(outcomes.first?.reply.description ?? "")",
+                    ])
+                    last = outcomes
+                }
+            }
+            return Array(zip(indices, last))
         }
     }
 

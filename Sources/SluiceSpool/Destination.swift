@@ -1,12 +1,16 @@
 /// Where a recipient's mail goes, from a route's `to`: `maildir:PATH`, `smtp://host[:port]`,
-/// `lmtp://host[:port]` or `lmtp:unix:/path`.
+/// `lmtp://host[:port]`, `lmtp:unix:/path`, or `mx` (the recipient domain's MX hosts).
 public enum Destination: Sendable, Hashable, CustomStringConvertible {
     case maildir(root: String)
     case relay(RelayEndpoint)
+    /// The recipient domain's mail exchangers, from DNS (RFC 5321 5.1).
+    case mx
 
     /// Parses a route's `to`; relative maildir paths resolve against `baseDirectory`.
     public init?(parsing text: String, baseDirectory: String) {
-        if text.hasPrefix("maildir:") {
+        if text == "mx" {
+            self = .mx
+        } else if text.hasPrefix("maildir:") {
             let path = String(text.dropFirst("maildir:".count))
             guard !path.isEmpty else { return nil }
             self = .maildir(root: path.hasPrefix("/") ? path : baseDirectory + "/" + path)
@@ -48,6 +52,7 @@ public enum Destination: Sendable, Hashable, CustomStringConvertible {
         switch self {
         case .maildir(let root): "maildir:\(root)"
         case .relay(let endpoint): endpoint.description
+        case .mx: "mx"
         }
     }
 }

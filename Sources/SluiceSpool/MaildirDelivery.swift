@@ -36,7 +36,10 @@ public final class MaildirDelivery: Sendable {
 
     /// Blocking: delivers `contentLength` octets of the queue file at `path` to `recipient`.
     /// Returns the path of the new maildir file.
-    public func deliver(spoolPath: String, contentLength: Int, sender: ReversePath, recipient: Mailbox, root: String) throws -> String {
+    /// - Parameter prefix: header fields that go before the content (CRLF lines).
+    public func deliver(
+        spoolPath: String, contentLength: Int, prefix: [UInt8] = [], sender: ReversePath, recipient: Mailbox, root: String
+    ) throws -> String {
         let folder = Self.folder(root: root, recipient: recipient)
         try ensureFolders(folder)
         var ts = timespec()
@@ -51,6 +54,7 @@ public final class MaildirDelivery: Sendable {
             var head = "Return-Path: \(sender)\nDelivered-To: \(recipient)\n"
             head.makeContiguousUTF8()
             try FileIO.writeAll(out, Array(head.utf8), path: tmp)
+            if !prefix.isEmpty { try FileIO.writeAll(out, Self.lineFeedsOnly(prefix), path: tmp) }
             var position = 0
             var carry = false  // a CR ended the previous chunk
             while position < contentLength {
@@ -88,6 +92,19 @@ public final class MaildirDelivery: Sendable {
         try CrashPoint.reached(.maildirRenamed)
         try sync(for: folder + "/new").sync()
         return final
+    }
+
+    /// Whole CRLF lines with LF line ends.
+    static func lineFeedsOnly(_ bytes: [UInt8]) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count)
+        var i = 0
+        while i < bytes.count {
+            if bytes[i] == 0x0D && i + 1 < bytes.count && bytes[i + 1] == 0x0A { i += 1; continue }
+            out.append(bytes[i])
+            i += 1
+        }
+        return out
     }
 
     private func ensureFolders(_ folder: String) throws {

@@ -124,6 +124,9 @@ public final class SpoolDraft {
         public var replacementBody: String?
         /// Put the message in `quarantine/` instead of `queue/`.
         public var quarantine: Bool
+        /// Fields to put before the content, when that is all the header edits did: they go
+        /// into the envelope and the content is not rewritten.
+        public var prepend: [HeaderField] = []
 
         public init(envelope: SpoolEnvelope, headers: [HeaderField]?, bodyOffset: Int, replacementBody: String?, quarantine: Bool) {
             self.envelope = envelope
@@ -155,6 +158,9 @@ public final class SpoolDraft {
                 if out < 0 { out = try spool.files.create(path) }
                 try buffer.withUnsafeReadableBytes { try FileIO.writeAll(out, $0, path: path) }
                 var envelope = commit.envelope
+                if !commit.prepend.isEmpty {
+                    envelope.prepend = String(decoding: HeaderSection.encodeFields(commit.prepend), as: UTF8.self)
+                }
                 if commit.headers != nil || commit.replacementBody != nil {
                     // Rewrite: edited header section, then the original or the replacement body.
                     let rewritten = path + ".edited"

@@ -44,6 +44,9 @@ public struct SpoolEnvelope: Codable, Sendable {
     /// Set when a stage quarantined the message.
     public var quarantine: String?
     public var trace: [TraceEntry]
+    /// Header fields stages put at the top of the message (CRLF lines), kept here instead of
+    /// rewriting the spooled content; every reader puts them before the content.
+    public var prepend: String?
 
     public init(
         id: String, sender: ReversePath, senderParameters: [ESMTPParameter], recipients: [SpooledRecipient],

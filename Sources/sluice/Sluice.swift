@@ -79,6 +79,9 @@ struct CheckConfig: ParsableCommand {
         for route in config.routes {
             print("route: \(route.domains.joined(separator: ", ")) -> \(route.destination)")
         }
+        let servers = config.dns.servers.map(\.description).joined(separator: ", ")
+        print("dns: \(servers.isEmpty ? "servers of /etc/resolv.conf" : servers), timeout \(config.dns.timeout)"
+              + (config.dns.trustAnchorFile.map { ", DNSSEC trust anchor \($0)" } ?? ""))
         let sizeLimit = min(config.maxMessageBytes, chain.messageSizeLimit ?? Int.max)
         print("message size limit: \(sizeLimit) octets")
         print("stages (\(chain.entries.count), in order):")

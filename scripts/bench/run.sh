@@ -15,10 +15,14 @@
 #   BENCH_IDLE_LIMIT_MB   RSS limit for the idle check           (100)
 #   BENCH_TIMEOUT         bound in seconds for each wait         (300)
 #   BENCH_ONLY            all, or a comma list of servers (postfix, sluice) and/or
-#                         scenarios (maildir = maildir throughput + idle check, relay);
+#                         scenarios (maildir = maildir throughput + idle check, relay,
+#                         spf = the maildir run again with the spf stage);
 #                         an omitted kind means all of that kind  (all)
 #   BENCH_ACCEPT_TARGET   % of the acceptance rate alone that acceptance with delivery
 #                         on must reach                          (80)
+#   BENCH_SPF_TARGET      % of the maildir rate that the same run with the spf stage
+#                         (warm cache, local DNS) must reach     (80)
+#   BENCH_DNS_PORT        (2629)   the local DNS server (dnslib) for the spf run
 #   BENCH_POSTFIX_PORT    (2626)   BENCH_SLUICE_PORT (2627)     loopback only
 #   BENCH_SINK_PORT       (2628)   smtp-sink, the relay next hop  loopback only
 #   BENCH_KEEP            1: keep the temp dir (logs, configs, maildirs)
@@ -26,7 +30,7 @@
 # Exit status: 0 all parts ran and the checks passed, 1 a part failed (setup,
 # delivery, crash, timeout), 3 the idle check held fewer connections than
 # asked or went over the RSS limit, 4 acceptance with delivery on was below
-# BENCH_ACCEPT_TARGET % of acceptance alone.
+# BENCH_ACCEPT_TARGET % of acceptance alone, 5 the spf run was below BENCH_SPF_TARGET %.
 # shellcheck disable=SC2153  # PF_*, SL_*, PFR_*, SLR_*, SLA_* results are set by save_result
 set -euo pipefail
 
@@ -45,6 +49,8 @@ IDLE_LIMIT_MB=${BENCH_IDLE_LIMIT_MB:-100}
 TIMEOUT=${BENCH_TIMEOUT:-300}
 ONLY=${BENCH_ONLY:-all}
 ACCEPT_TARGET=${BENCH_ACCEPT_TARGET:-80}
+SPF_TARGET=${BENCH_SPF_TARGET:-80}
+DNS_PORT=${BENCH_DNS_PORT:-2629}
 PF_PORT=${BENCH_POSTFIX_PORT:-2626}
 SL_PORT=${BENCH_SLUICE_PORT:-2627}
 SINK_PORT=${BENCH_SINK_PORT:-2628}
@@ -59,7 +65,7 @@ fcalc() { awk "BEGIN { printf \"$1\", $2 }"; }
 for v in MESSAGES:BENCH_MESSAGES SESSIONS:BENCH_SESSIONS SIZE:BENCH_SIZE \
          IDLE_CONNS:BENCH_IDLE_CONNS IDLE_LIMIT_MB:BENCH_IDLE_LIMIT_MB TIMEOUT:BENCH_TIMEOUT \
          PF_PORT:BENCH_POSTFIX_PORT SL_PORT:BENCH_SLUICE_PORT SINK_PORT:BENCH_SINK_PORT \
-         ACCEPT_TARGET:BENCH_ACCEPT_TARGET; do
+         ACCEPT_TARGET:BENCH_ACCEPT_TARGET SPF_TARGET:BENCH_SPF_TARGET DNS_PORT:BENCH_DNS_PORT; do
     val=${v%%:*}
     [[ ${!val} =~ ^[0-9]+$ ]] && (( ${!val} > 0 )) || die "${v#*:} must be a positive integer (got '${!val}')"
 done
@@ -67,7 +73,7 @@ done
 [[ $REUSE == 0 || $REUSE == 1 ]] || die "BENCH_REUSE must be 0 or 1"
 (( PF_PORT != SL_PORT && PF_PORT != SINK_PORT && SL_PORT != SINK_PORT )) \
     || die "BENCH_POSTFIX_PORT, BENCH_SLUICE_PORT and BENCH_SINK_PORT must differ"
-RUN_POSTFIX=0; RUN_SLUICE=0; RUN_MAILDIR=0; RUN_RELAY=0
+RUN_POSTFIX=0; RUN_SLUICE=0; RUN_MAILDIR=0; RUN_RELAY=0; RUN_SPF=0
 IFS=', ' read -ra only_words <<<"$ONLY"
 for w in "${only_words[@]}"; do
     case $w in
@@ -76,11 +82,14 @@ for w in "${only_words[@]}"; do
         sluice) RUN_SLUICE=1 ;;
         maildir) RUN_MAILDIR=1 ;;
         relay) RUN_RELAY=1 ;;
-        *) die "BENCH_ONLY: unknown word '$w' (all, postfix, sluice, maildir, relay)" ;;
+        spf) RUN_SPF=1 ;;
+        *) die "BENCH_ONLY: unknown word '$w' (all, postfix, sluice, maildir, relay, spf)" ;;
     esac
 done
 (( RUN_POSTFIX || RUN_SLUICE )) || { RUN_POSTFIX=1; RUN_SLUICE=1; }
-(( RUN_MAILDIR || RUN_RELAY )) || { RUN_MAILDIR=1; RUN_RELAY=1; }
+(( RUN_MAILDIR || RUN_RELAY || RUN_SPF )) || { RUN_MAILDIR=1; RUN_RELAY=1; RUN_SPF=1; }
+# The spf run is compared with the plain maildir run of the same invocation.
+(( RUN_SPF )) && RUN_MAILDIR=1
 (( EUID == 0 )) || die "must run as root (a private Postfix instance needs root to start)"
 if (( RUN_SLUICE )); then
     [[ -n ${SLUICE_BIN:-} ]] || die "SLUICE_BIN is not set (use BENCH_ONLY=postfix to run only the baseline)"
@@ -98,6 +107,8 @@ BG_PIDS=()
 FAILED=0
 IDLE_BAD=0
 ACCEPT_BAD=0
+SPF_BAD=0
+DNS_PID=""
 
 system_postfix_running() {
     # The default instance (config /etc/postfix); quiet if unconfigured.
@@ -214,6 +225,7 @@ ensure_deps() {
         && command -v smtp-sink >/dev/null \
         && [[ -x /usr/lib/postfix/sbin/virtual ]] || pkgs+=(postfix)
     [[ -x $PY ]] || pkgs+=(python3)
+    "$PY" -c 'import dnslib' 2>/dev/null || pkgs+=(python3-dnslib)
     command -v timeout >/dev/null || pkgs+=(coreutils)
     command -v find >/dev/null || pkgs+=(findutils)
     command -v awk >/dev/null || pkgs+=(mawk)
@@ -727,6 +739,53 @@ run_sluice_accept() {
     SLA_OK=1
 }
 
+# ---------------------------------------------------------------- sluice with spf
+# The maildir run again with the spf stage in front, asking a local DNS server (dnslib's
+# zone resolver) through the gateway's libunbound cache: 3 queries per check, all cached
+# after the first message.
+SLS_OK=0; SLS_LINE=""
+run_sluice_spf() {
+    local dir="$WORK/sluice-spf"
+    fresh_fs "$dir"
+    cat >"$dir/zone.txt" <<EOF
+client.test. 300 IN TXT "v=spf1 a:mail.client.test include:_spf.client.test -all"
+mail.client.test. 300 IN A 198.51.100.1
+_spf.client.test. 300 IN TXT "v=spf1 ip4:127.0.0.0/8 -all"
+EOF
+    port_listening "$DNS_PORT" && { SLS_LINE="port $DNS_PORT (DNS) is already in use"; return 1; }
+    "$PY" -m dnslib.zoneresolver --zone "$dir/zone.txt" --address "$HOST" --port "$DNS_PORT" --tcp \
+        >"$dir/dns.log" 2>&1 &
+    DNS_PID=$!
+    BG_PIDS+=("$DNS_PID")
+    wait_port "$DNS_PORT" "$DNS_PID" || { SLS_LINE="the DNS server did not start: $(tailf "$dir/dns.log")"; return 1; }
+    write_sluice_conf "$dir" "$SL_PORT" $'\n[dns]\nservers = ["'"$HOST:$DNS_PORT"'"]' "" \
+        $'\n[[stage]]\nuse = "spf"\nfail = "reject"'
+    start_sluice "$dir" || { SLS_LINE="$SL_LINE"; kill "$DNS_PID" 2>/dev/null; return 1; }
+    log "sluice-spf: up (pid $SL_PID, config $dir/pipeline.conf, DNS on $HOST:$DNS_PORT)"
+    local ok=1 newdir="$dir/mail/example.test/bench/new"
+    measure sluice-spf "$SL_PORT" maildir "$newdir" --pid "$SL_PID" || ok=0
+    local alive=1
+    pid_alive "$SL_PID" || alive=0
+    stop_sluice
+    SLS_TERM=$SL_STOP_STATUS
+    kill "$DNS_PID" 2>/dev/null || true
+    wait "$DNS_PID" 2>/dev/null || true
+    if (( ! ok )); then
+        SLS_LINE="$R_ERR"
+        (( alive )) || SLS_LINE+="; sluice died: $(tailf "$dir/sluice.log")"
+        return 1
+    fi
+    local f
+    f=$(find "$newdir" -maxdepth 1 -type f -print -quit)
+    if ! grep -q '^Received-SPF: pass' "$f"; then
+        SLS_LINE="delivered message $f has no 'Received-SPF: pass'"
+        return 1
+    fi
+    save_result SLS
+    (( alive )) || { SLS_LINE="sluice died during the run: $(tailf "$dir/sluice.log")"; return 1; }
+    SLS_OK=1
+}
+
 # ---------------------------------------------------------------- run
 if (( RUN_MAILDIR )); then
     if (( RUN_POSTFIX )); then
@@ -735,6 +794,9 @@ if (( RUN_MAILDIR )); then
     if (( RUN_SLUICE )); then
         run_sluice || { FAILED=1; log "sluice: FAILED: $SL_LINE"; }
         run_idle || { FAILED=1; log "idle: FAILED: $IDLE_LINE"; }
+        if (( RUN_SPF )); then
+            run_sluice_spf || { FAILED=1; log "sluice-spf: FAILED: $SLS_LINE"; }
+        fi
     fi
 fi
 if (( RUN_RELAY )); then
@@ -809,6 +871,20 @@ if (( RUN_MAILDIR && RUN_SLUICE )); then
         echo "idle: FAILED: $IDLE_LINE"
     fi
 fi
+if (( RUN_SPF && RUN_SLUICE )); then
+    if (( SLS_OK )); then
+        printf 'sluice with spf: %d msgs in %.2f s = %.0f msgs/s, peak RSS %s MB\n' \
+            "$MESSAGES" "$SLS_ELAPSED" "$SLS_RATE" "$(mb "$SLS_RSS_KB")"
+        if (( SL_OK )); then
+            pct=$(fcalc %.0f "100 * $SLS_RATE / $SL_RATE")
+            verdict=""
+            if (( pct < SPF_TARGET )); then verdict=" -- BELOW TARGET"; SPF_BAD=1; fi
+            printf 'spf stage cost: with spf = %d%% of the rate without (target >= %d%%)%s\n' "$pct" "$SPF_TARGET" "$verdict"
+        fi
+    else
+        echo "sluice with spf: FAILED: $SLS_LINE"
+    fi
+fi
 if (( RUN_RELAY && RUN_POSTFIX )); then
     if (( PFR_OK )); then
         printf 'relay postfix: %d msgs relayed in %.2f s = %.0f msgs/s (accepted at %.0f msgs/s), peak RSS %s MB (PSS %s MB)\n' \
@@ -846,4 +922,5 @@ fi
 (( FAILED )) && exit 1
 (( IDLE_BAD )) && exit 3
 (( ACCEPT_BAD )) && exit 4
+(( SPF_BAD )) && exit 5
 exit 0

@@ -15,7 +15,16 @@ public struct RelayMessage: Sendable {
     public var body: BodyType?
     public var smtputf8: Bool
 
-    public init(sender: ReversePath, recipients: [Mailbox], path: String, contentLength: Int, body: BodyType?, smtputf8: Bool) {
+    /// Header fields sent before the content (CRLF lines).
+    public var prefix: [UInt8]
+    /// What SIZE announces: prefix and content.
+    public var size: Int { prefix.count + contentLength }
+
+    public init(
+        sender: ReversePath, recipients: [Mailbox], path: String, contentLength: Int, prefix: [UInt8] = [],
+        body: BodyType?, smtputf8: Bool
+    ) {
+        self.prefix = prefix
         self.sender = sender
         self.recipients = recipients
         self.path = path
@@ -111,14 +120,19 @@ public final class RelayClient: Sendable {
     let logger: Logger
     private let dispatcher: RelayDispatcher
     private let tlsPolicies: [RelayEndpoint: RelayTLSPolicy]
+    private let defaultTLSPolicy: RelayTLSPolicy
     private let tlsContext: NIOSSLContext
     private let tlsFailures = Mutex<[RelayEndpoint: NIODeadline]>([:])
 
-    /// - Parameter tlsPolicies: each route's `tls` by next hop; others are opportunistic.
+    /// - Parameters:
+    ///   - tlsPolicies: each route's `tls` by next hop.
+    ///   - defaultTLSPolicy: for every other next hop (mail hosts found by an `mx` route).
     public init(
         hostname: String, group: any EventLoopGroup, threadPool: NIOThreadPool, timeouts: RelayTimeouts,
-        connectionsPerDestination: Int = 20, tlsPolicies: [RelayEndpoint: RelayTLSPolicy] = [:], logger: Logger
+        connectionsPerDestination: Int = 20, tlsPolicies: [RelayEndpoint: RelayTLSPolicy] = [:],
+        defaultTLSPolicy: RelayTLSPolicy = .opportunistic, logger: Logger
     ) throws {
+        self.defaultTLSPolicy = defaultTLSPolicy
         self.hostname = hostname
         self.group = group
         self.threadPool = threadPool
@@ -132,7 +146,7 @@ public final class RelayClient: Sendable {
         self.tlsContext = try NIOSSLContext(configuration: tls)
     }
 
-    func tlsPolicy(for endpoint: RelayEndpoint) -> RelayTLSPolicy { tlsPolicies[endpoint] ?? .opportunistic }
+    func tlsPolicy(for endpoint: RelayEndpoint) -> RelayTLSPolicy { tlsPolicies[endpoint] ?? defaultTLSPolicy }
 
     func tlsRecentlyFailed(_ endpoint: RelayEndpoint) -> Bool {
         tlsFailures.withLock { $0[endpoint].map { NIODeadline.now() < $0 } ?? false }

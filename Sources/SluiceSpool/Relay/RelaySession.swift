@@ -128,8 +128,8 @@ struct RelaySession {
             for i in outcomes.indices where outcomes[i] == nil { outcomes[i] = outcome }
         }
         // Refuse before sending what the next hop cannot take.
-        if let limit = extensions["SIZE"].flatMap({ Int($0) }), limit > 0, message.contentLength > limit {
-            return all(.failed(SMTPReply(552, "5.3.4", "message size \(message.contentLength) exceeds the limit \(limit) of \(endpoint)")))
+        if let limit = extensions["SIZE"].flatMap({ Int($0) }), limit > 0, message.size > limit {
+            return all(.failed(SMTPReply(552, "5.3.4", "message size \(message.size) exceeds the limit \(limit) of \(endpoint)")))
         } else if message.smtputf8 && extensions["SMTPUTF8"] == nil {
             return all(.failed(SMTPReply(550, "5.6.7", "\(endpoint) does not support SMTPUTF8 (RFC 6531)")))
         } else if message.body == .eightBitMIME && extensions["8BITMIME"] == nil {
@@ -142,7 +142,7 @@ struct RelaySession {
         }
 
         var mail = "MAIL FROM:\(message.sender)"
-        if extensions["SIZE"] != nil { mail += " SIZE=\(message.contentLength)" }
+        if extensions["SIZE"] != nil { mail += " SIZE=\(message.size)" }
         if message.body == .eightBitMIME { mail += " BODY=8BITMIME" }
         if message.smtputf8 { mail += " SMTPUTF8" }
         let commands = [mail] + message.recipients.map { "RCPT TO:<\($0)>" } + ["DATA"]
@@ -216,6 +216,10 @@ struct RelaySession {
         let reader = ChunkReader(path: message.path, position: 0, end: message.contentLength, threadPool: client.threadPool)
         var canonical = OutboundCanonicalizer()
         var out: [UInt8] = []
+        if !message.prefix.isEmpty {
+            canonical.process(message.prefix, into: &out)
+            try await send(out)
+        }
         while let chunk = try await reader.next() {
             out.removeAll(keepingCapacity: true)
             canonical.process(chunk, into: &out)
