@@ -65,6 +65,7 @@ let package = Package(
             "SluiceServer", "SMTPCore", "SluiceStageAPI",
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
+        .testTarget(name: "SluiceDNSTests", dependencies: ["SluiceDNS", "SluiceStageAPI"]),
         .testTarget(name: "SluicePipelineTests", dependencies: ["SluicePipeline", "SluiceStageAPI", "SMTPCore"]),
         .testTarget(name: "SluiceSpoolTests", dependencies: [
             "SluiceSpool", "SluicePipeline", "SluiceStageAPI", "SMTPCore",
@@ -73,7 +74,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "SluiceStagesTests", dependencies: [
-            "SluiceStages", "SluiceStageAPI", "SMTPCore",
+            "SluiceStages", "SluiceStageAPI", "SMTPCore", "SluiceDNS",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "SluiceRuntimeTests", dependencies: [

@@ -29,17 +29,24 @@ public struct DNSConfiguration: Sendable, Hashable {
                 host = String(text[text.index(after: text.startIndex)..<close])
                 let rest = text[text.index(after: close)...]
                 if !rest.isEmpty {
-                    guard rest.hasPrefix(":"), let p = Int(rest.dropFirst()) else { return nil }
+                    guard rest.hasPrefix(":"), let p = Self.port(rest.dropFirst()) else { return nil }
                     port = p
                 }
+                guard host.contains(":") else { return nil }  // brackets are for IPv6
             } else if text.filter({ $0 == ":" }).count == 1, let colon = text.firstIndex(of: ":") {
                 host = String(text[..<colon])
-                guard let p = Int(text[text.index(after: colon)...]) else { return nil }
+                guard let p = Self.port(text[text.index(after: colon)...]) else { return nil }
                 port = p
             }
             guard let address = IPAddress(host), (1...65535).contains(port) else { return nil }
             self.address = address
             self.port = port
+        }
+
+        /// Digits only (no sign), 1...65535.
+        static func port(_ s: Substring) -> Int? {
+            guard !s.isEmpty, s.count <= 5, s.allSatisfy({ $0.isASCII && $0.isNumber }) else { return nil }
+            return Int(s)
         }
 
         /// libunbound's forwarder syntax: `address@port`.

@@ -30,8 +30,9 @@ enum RDataDecoder {
         }
     }
 
-    /// A domain name in presentation form without the final dot ("." for the root);
-    /// dots and backslashes inside labels are escaped, other bytes kept as they are.
+    /// A domain name in presentation form without the final dot ("." for the root). Labels are
+    /// read as UTF-8 where valid; dots, backslashes, spaces and bytes that are not printable
+    /// are escaped as in master files (`\.`, `\DDD`, RFC 1035 5.1).
     static func domainName(_ bytes: [UInt8], from start: Int) -> (String, Int)? {
         var labels: [String] = []
         var i = start
@@ -39,14 +40,35 @@ enum RDataDecoder {
             let n = Int(bytes[i])
             if n == 0 { return (labels.isEmpty ? "." : labels.joined(separator: "."), i + 1) }
             guard n < 64, i + 1 + n <= bytes.count else { return nil }
-            var label = ""
-            for b in bytes[(i + 1)..<(i + 1 + n)] {
-                if b == UInt8(ascii: ".") || b == UInt8(ascii: "\\") { label += "\\" }
-                label.unicodeScalars.append(Unicode.Scalar(b))
-            }
-            labels.append(label)
+            labels.append(label(bytes[(i + 1)..<(i + 1 + n)]))
             i += 1 + n
         }
         return nil
+    }
+
+    private static func label(_ raw: ArraySlice<UInt8>) -> String {
+        var out = ""
+        var rest = raw[...]
+        while let b = rest.first {
+            if b >= 0x80 {
+                // A multi-byte UTF-8 sequence stays a character; an invalid one is escaped.
+                let length = b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC0 ? 2 : 1
+                let seq = rest.prefix(length)
+                if length > 1, seq.count == length, let text = String(validating: seq, as: UTF8.self) {
+                    out += text
+                    rest = rest.dropFirst(length)
+                    continue
+                }
+            }
+            rest = rest.dropFirst()
+            switch b {
+            case UInt8(ascii: "."), UInt8(ascii: "\\"): out += "\\" + String(UnicodeScalar(b))
+            case 0x21...0x7E: out.unicodeScalars.append(UnicodeScalar(b))
+            default:
+                let d = String(b)
+                out += "\\" + String(repeating: "0", count: 3 - d.count) + d
+            }
+        }
+        return out
     }
 }

@@ -5,10 +5,10 @@ import SluiceStageAPI
 public enum AuthenticationResultsHeader {
     public static let name = "Authentication-Results"
 
-    /// The authserv-id of a field value: the first token, before any version or ";".
+    /// The authserv-id of a field value (RFC 8601 2.2): the first token or quoted-string after
+    /// any CFWS; comments nest and may contain quoted pairs.
     static func authservID(of value: String) -> String {
         var s = Substring(value)
-        // Skip leading white space and comments (CFWS).
         while let c = s.first {
             if c == " " || c == "\t" {
                 s = s.dropFirst()
@@ -16,11 +16,26 @@ public enum AuthenticationResultsHeader {
                 var depth = 0
                 while let d = s.first {
                     s = s.dropFirst()
-                    if d == "(" { depth += 1 } else if d == ")" { depth -= 1; if depth == 0 { break } }
+                    if d == "\\" {
+                        s = s.dropFirst()
+                    } else if d == "(" {
+                        depth += 1
+                    } else if d == ")" {
+                        depth -= 1
+                        if depth == 0 { break }
+                    }
                 }
             } else {
                 break
             }
+        }
+        if s.first == "\"" {
+            var out = ""
+            s = s.dropFirst()
+            while let c = s.popFirst(), c != "\"" {
+                if c == "\\", let next = s.popFirst() { out.append(next) } else { out.append(c) }
+            }
+            return out
         }
         return String(s.prefix { $0 != ";" && $0 != " " && $0 != "\t" && $0 != "(" })
     }
