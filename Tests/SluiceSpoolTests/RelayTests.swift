@@ -54,12 +54,13 @@ struct DestinationTests {
         ("lmtp://127.0.0.1:24", "lmtp://127.0.0.1:24"),
         ("lmtp://host", "lmtp://host:24"),
         ("lmtp:unix:/run/dovecot/lmtp", "lmtp:unix:/run/dovecot/lmtp"),
+        ("mx", "mx"),
     ])
     func parses(_ text: String, _ expected: String) {
         #expect(Destination(parsing: text, baseDirectory: "/base")?.description == expected)
     }
 
-    @Test(arguments: ["", "maildir:", "smtp://", "smtp://host:0", "smtp://host:x", "smtp://[::1", "lmtp:unix:", "http://x", "mx"])
+    @Test(arguments: ["", "maildir:", "smtp://", "smtp://host:0", "smtp://host:x", "smtp://[::1", "lmtp:unix:", "http://x", "mx:", "MX"])
     func refuses(_ text: String) {
         #expect(Destination(parsing: text, baseDirectory: "/base") == nil)
     }
