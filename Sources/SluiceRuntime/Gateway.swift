@@ -1,7 +1,9 @@
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import ServiceLifecycle
+import UnixSignals
 import SluiceDNS
 import SluicePipeline
 import SluiceServer
@@ -19,6 +21,8 @@ public final class Gateway: Sendable {
     let logger: Logger
     /// The one DNS resolver (`[dns]`) of stages and delivery.
     public let resolver: any DNSResolver
+    /// `[tls]`: reloaded on SIGHUP.
+    let tls: ServerTLS?
 
     public init(config: GatewayConfig, registry: StageRegistry, logger: Logger) throws {
         self.logger = logger
@@ -48,6 +52,16 @@ public final class Gateway: Sendable {
         )
         self.delivery = delivery
 
+        if let settings = config.tls {
+            do {
+                tls = try ServerTLS(settings: settings)
+            } catch {
+                throw ConfigError(file: config.file, line: nil, key: "tls", message: "\(error)")
+            }
+        } else {
+            tls = nil
+        }
+        let tls = self.tls
         var session = SessionConfiguration(hostname: config.hostname, routes: routes)
         session.maxRecipients = config.maxRecipients
         session.maxErrors = config.maxErrors
@@ -66,9 +80,9 @@ public final class Gateway: Sendable {
             logger: smtpLogger, relayFrom: config.relayFrom, etrnFrom: config.etrnFrom,
             commandTimeout: .seconds(Int64(config.commandTimeoutSeconds)), dataTimeout: .seconds(Int64(config.dataTimeoutSeconds)),
             greetPause: .milliseconds(Int64(config.greetPauseMilliseconds)),
-            commandLineLimit: config.commandLineLimit, textLineLimit: config.textLineLimit
+            commandLineLimit: config.commandLineLimit, textLineLimit: config.textLineLimit, tls: tls
         )
-        server = SMTPServer(context: context, addresses: config.listeners, group: MultiThreadedEventLoopGroup.singleton)
+        server = SMTPServer(context: context, listeners: config.listeners, group: MultiThreadedEventLoopGroup.singleton)
     }
 
     /// Recovers the spool, binds the listeners, and runs until SIGTERM/SIGINT; then stops
@@ -80,13 +94,14 @@ public final class Gateway: Sendable {
         let listeners = try await server.bind()
         logger.info("sluice started", metadata: [
             "hostname": "\(config.hostname)", "stages": "\(chain.entries.map(\.name).joined(separator: ","))",
-            "tls": "off (not configured)",
+            "tls": "\(tls.map { "on (\($0.settings.certificatePath))" } ?? "off (no [tls] in the config)")",
         ])
         let smtp = SMTPService(server: server, listeners: listeners, grace: .seconds(config.shutdownGraceSeconds))
         let deliveryService = DeliveryService(agent: delivery)
         let control = QueueControlService(layout: spool.layout, agent: delivery)
+        let reload = ReloadService(tls: tls, logger: logger)
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: deliveryService), .init(service: control), .init(service: smtp)],
+            services: [.init(service: deliveryService), .init(service: control), .init(service: reload), .init(service: smtp)],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))
@@ -115,6 +130,29 @@ struct SMTPService: Service {
     func run() async throws {
         try? await gracefulShutdown()
         await server.shutdown(listeners: listeners, grace: grace)
+    }
+}
+
+/// SIGHUP: reads the TLS certificate and key again. Sessions already running keep theirs; a
+/// certificate that cannot be loaded is logged and the old one stays.
+struct ReloadService: Service {
+    let tls: ServerTLS?
+    let logger: Logger
+
+    func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sighup)
+        for await _ in signals.cancelOnGracefulShutdown() {
+            guard let tls else {
+                logger.notice("SIGHUP: nothing to reload (no [tls])")
+                continue
+            }
+            do {
+                try tls.reload()
+                logger.notice("SIGHUP: TLS certificate reloaded", metadata: ["certificate": "\(tls.settings.certificatePath)"])
+            } catch {
+                logger.error("SIGHUP: TLS certificate not reloaded, the old one stays", metadata: ["error": "\(error)"])
+            }
+        }
     }
 }
 

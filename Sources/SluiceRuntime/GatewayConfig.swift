@@ -33,7 +33,11 @@ import SluiceStageAPI
 /// forwarders), `timeout_ms` (3000), `trust_anchor` (none: a DNSSEC trust anchor file such as
 /// /usr/share/dns/root.key): one resolver with one cache for every stage and for delivery.
 ///
-/// `[[listener]]`: `address` (`"127.0.0.1:2525"`, `"[::1]:2525"`).
+/// `[tls]` keys: `certificate`, `key` (PEM files; both required when the table is present),
+/// `min_version` (`"1.2"` | `"1.3"`, default "1.2"). Without `[tls]`, TLS is off.
+///
+/// `[[listener]]`: `address` (`"127.0.0.1:2525"`, `"[::1]:2525"`), `kind` (`"smtp"` (default) |
+/// `"submission"` | `"smtps"`; the last two need `[tls]`).
 /// `[[route]]`: `domains` (names, or `"*"` for trusted clients only), `to` (`"maildir:PATH"`,
 /// `"smtp://host:port"`, `"lmtp://host:port"`, `"lmtp:unix:/path"`, `"mx"`: the recipient domain's
 /// MX hosts via `[dns]`), `tls` for SMTP/LMTP/MX routes
@@ -70,8 +74,10 @@ public struct GatewayConfig {
     public var shutdownGraceSeconds: Int
     public var deliveryConcurrency: Int
     public var logLevel: String
-    public var listeners: [SocketAddress]
+    public var listeners: [Listener]
     public var listenerTexts: [String]
+    /// `[tls]`, when present.
+    public var tls: ServerTLS.Settings?
     public var routes: [RouteTable.Route]
     public var stages: [StageSpec]
     public var queue: QueuePolicy
@@ -111,6 +117,11 @@ public struct GatewayConfig {
         if let v = root.value("queue") {
             guard case .table(let t) = v else { throw root.error("queue", "expected a [queue] table") }
             queueValues = t
+        }
+        var tlsValues: [String: ConfigValue]?
+        if let v = root.value("tls") {
+            guard case .table(let t) = v else { throw root.error("tls", "expected a [tls] table") }
+            tlsValues = t
         }
         var dnsValues: [String: ConfigValue] = [:]
         if let v = root.value("dns") {
@@ -182,6 +193,19 @@ public struct GatewayConfig {
         }
         try d.finish()
 
+        if let tlsValues {
+            let t = file.table("tls", tlsValues)
+            guard let certificate = try t.string("certificate") else { throw t.error("certificate", "missing (a PEM file)") }
+            guard let key = try t.string("key") else { throw t.error("key", "missing (a PEM file)") }
+            let version = try t.choice("min_version", ["1.2", "1.3"], default: "1.2")
+            try t.finish()
+            tls = ServerTLS.Settings(
+                certificatePath: resolve(certificate), keyPath: resolve(key), minimumVersion: version == "1.3" ? .tlsv13 : .tlsv12
+            )
+        } else {
+            tls = nil
+        }
+
         listeners = []
         listenerTexts = []
         for (i, values) in listenerTables.enumerated() {
@@ -190,8 +214,12 @@ public struct GatewayConfig {
             guard let socket = Self.socketAddress(address) else {
                 throw t.error("address", "'\(address)' is not host:port with an IP address (IPv6 as \"[::1]:2525\")")
             }
+            let kind = Listener.Kind(rawValue: try t.choice("kind", Listener.Kind.allCases.map(\.rawValue), default: "smtp"))!
+            if kind != .smtp && tls == nil {
+                throw t.error("kind", "a \(kind.rawValue) listener needs [tls] (certificate and key)")
+            }
             try t.finish()
-            listeners.append(socket)
+            listeners.append(Listener(address: socket, kind: kind))
             listenerTexts.append(address)
         }
         if listeners.isEmpty {

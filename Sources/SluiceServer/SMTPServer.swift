@@ -1,16 +1,17 @@
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 /// The listening side: binds each `[[listener]]` and gives every connection its own session handler.
 public final class SMTPServer: Sendable {
     public let context: ServerContext
     private let group: any EventLoopGroup
-    private let addresses: [SocketAddress]
+    private let listeners: [Listener]
 
-    public init(context: ServerContext, addresses: [SocketAddress], group: any EventLoopGroup) {
+    public init(context: ServerContext, listeners: [Listener], group: any EventLoopGroup) {
         self.context = context
-        self.addresses = addresses
+        self.listeners = listeners
         self.group = group
     }
 
@@ -18,7 +19,8 @@ public final class SMTPServer: Sendable {
     public func bind() async throws -> [any Channel] {
         var channels: [any Channel] = []
         let server = context
-        for address in addresses {
+        for listener in listeners {
+            let address = listener.address
             let bootstrap = ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 1024)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -27,7 +29,16 @@ public final class SMTPServer: Sendable {
                 .childChannelOption(.maxMessagesPerRead, value: 4)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(SMTPSessionHandler(server: server))
+                        let pipeline = channel.pipeline.syncOperations
+                        var sniffer: ServerHelloSniffer?
+                        if listener.kind == .smtps, let tls = server.tls {
+                            // Implicit TLS (RFC 8314): the handshake comes first.
+                            let s = ServerHelloSniffer()
+                            try pipeline.addHandler(s)
+                            try pipeline.addHandler(NIOSSLServerHandler(context: tls.context))
+                            sniffer = s
+                        }
+                        try pipeline.addHandler(SMTPSessionHandler(server: server, listener: listener, sniffer: sniffer))
                     }
                 }
             do {
@@ -36,7 +47,7 @@ public final class SMTPServer: Sendable {
                 for c in channels { try? await c.close() }
                 throw ListenerError(address: "\(address)", underlying: error)
             }
-            context.logger.info("listening", metadata: ["address": "\(address)"])
+            context.logger.info("listening", metadata: ["address": "\(address)", "kind": "\(listener.kind.rawValue)"])
         }
         return channels
     }

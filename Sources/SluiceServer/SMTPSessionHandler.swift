@@ -1,5 +1,7 @@
 import Logging
 import NIOCore
+import NIOSSL
+import NIOTLS
 import SMTPCore
 import SluicePipeline
 import SluiceSpool
@@ -17,7 +19,10 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     typealias OutboundOut = ByteBuffer
 
     private let server: ServerContext
+    private let listener: Listener
     private var machine: SessionStateMachine!
+    /// Watches the ServerHello for the cipher while a handshake runs.
+    private var sniffer: ServerHelloSniffer?
     private var framer: SMTPFramer
     private var inbound = ByteBuffer()
     private var outbound = ByteBuffer()
@@ -47,8 +52,10 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     private var lastActivity = NIODeadline.now()
     private var timer: Scheduled<Void>?
 
-    init(server: ServerContext) {
+    init(server: ServerContext, listener: Listener = Listener(address: try! SocketAddress(ipAddress: "127.0.0.1", port: 0)), sniffer: ServerHelloSniffer? = nil) {
         self.server = server
+        self.listener = listener
+        self.sniffer = sniffer
         self.framer = SMTPFramer(commandLineLimit: server.commandLineLimit, textLineLimit: server.textLineLimit)
         self.logger = server.logger
     }
@@ -75,7 +82,10 @@ final class SMTPSessionHandler: ChannelInboundHandler {
             serverHostname: server.session.hostname, trustedClient: trusted
         )
         let etrnAllowed = server.etrnFrom.contains { $0.contains(clientAddress) }
-        machine = SessionStateMachine(configuration: server.session, session: info, etrnAllowed: etrnAllowed)
+        let policy = SessionStateMachine.ListenerPolicy(
+            startTLS: server.tls != nil && listener.kind != .smtps, implicitTLS: listener.kind == .smtps
+        )
+        machine = SessionStateMachine(configuration: server.session, session: info, etrnAllowed: etrnAllowed, policy: policy)
 
         guard server.tracker.open(clientAddress) else {
             logger.notice("connection refused: too many connections")
@@ -138,6 +148,10 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let tlsEvent = event as? TLSUserEvent, case .handshakeCompleted = tlsEvent {
+            tlsHandshakeCompleted()
+            return
+        }
         if event is ShutdownRequested {
             shutdownRequested = true
             // Idle between commands: answer now. Otherwise the next command gets the 421.
@@ -150,7 +164,13 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        logger.debug("channel error", metadata: ["error": "\(error)"])
+        if let tlsError = error as? NIOSSLError, case .uncleanShutdown = tlsError {
+            logger.debug("TLS closed without close_notify")
+        } else if error is NIOSSLError || error is BoringSSLError {
+            logger.info("TLS failed", metadata: ["error": "\(error)"])
+        } else {
+            logger.debug("channel error", metadata: ["error": "\(error)"])
+        }
         closing = true
         context.close(promise: nil)
     }
@@ -285,7 +305,51 @@ final class SMTPSessionHandler: ChannelInboundHandler {
             rearmTimer()
         case .finishMessage:
             finishMessage()
+        case .startTLS(let reply):
+            startTLS(reply)
         }
+    }
+
+    /// STARTTLS: the 220 goes out in plaintext, input already buffered behind the command is
+    /// dropped (never answered inside TLS: CVE-2011-0411), and the TLS handler goes in front.
+    private func startTLS(_ reply: SMTPReply) {
+        guard let tls = server.tls else { return }
+        inbound.clear()
+        framer = SMTPFramer(commandLineLimit: server.commandLineLimit, textLineLimit: server.textLineLimit)
+        send([reply], close: false)
+        flush()
+        do {
+            let sniffer = ServerHelloSniffer()
+            try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context), position: .first)
+            try context.pipeline.syncOperations.addHandler(sniffer, position: .first)
+            self.sniffer = sniffer
+        } catch {
+            logger.error("cannot start TLS", metadata: ["error": "\(error)"])
+            closing = true
+            context.close(promise: nil)
+        }
+    }
+
+    private func tlsHandshakeCompleted() {
+        let handler = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self)
+        let version: String
+        switch handler?.tlsVersion {
+        case .tlsv13: version = "TLSv1.3"
+        case .tlsv12: version = "TLSv1.2"
+        case .tlsv11: version = "TLSv1.1"
+        case .tlsv1: version = "TLSv1"
+        default: version = "TLS"
+        }
+        let (cipher, bits) = ServerHelloSniffer.describe(sniffer?.cipherSuite ?? 0)
+        if let sniffer {
+            context.pipeline.syncOperations.removeHandler(sniffer, promise: nil)
+            self.sniffer = nil
+        }
+        let info = TLSInfo(version: version, cipher: cipher, bits: bits)
+        logger[metadataKey: "tls"] = "\(version) \(cipher)"
+        logger.debug("TLS established", metadata: ["version": "\(version)", "cipher": "\(cipher)"])
+        perform(machine.tlsEstablished(info))
+        process()
     }
 
     private func runStages(_ phase: StagePhase) {
@@ -317,6 +381,7 @@ final class SMTPSessionHandler: ChannelInboundHandler {
         let draft = server.spool.makeDraft(id: tx.queueID, eventLoop: context.eventLoop)
         draft.append(ReceivedHeader.make(
             heloName: machine.session.heloName, clientAddress: clientAddress, serverHostname: server.session.hostname,
+            tls: machine.session.tls, authenticatedUser: machine.session.authenticatedUser,
             protocolName: machine.protocolName, queueID: tx.queueID,
             singleRecipient: tx.recipients.count == 1 ? tx.recipients[0].mailbox.description : nil
         ))

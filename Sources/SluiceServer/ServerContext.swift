@@ -27,14 +27,17 @@ public final class ServerContext: Sendable {
     /// `[server] command_line_limit`, `text_line_limit`.
     public let commandLineLimit: Int
     public let textLineLimit: Int
+    /// `[tls]`, when configured: STARTTLS on smtp and submission listeners, implicit TLS on smtps.
+    public let tls: ServerTLS?
     private let stopping = Atomic<Bool>(false)
     private let channels = Mutex<[ObjectIdentifier: any Channel]>([:])
 
     public init(
         session: SessionConfiguration, chain: StageChain, spool: Spool, onQueued: @escaping @Sendable (String) -> Void,
         tracker: ConnectionTracker, logger: Logger, relayFrom: [CIDR], etrnFrom: [CIDR] = [], commandTimeout: TimeAmount,
-        dataTimeout: TimeAmount, greetPause: TimeAmount, commandLineLimit: Int, textLineLimit: Int
+        dataTimeout: TimeAmount, greetPause: TimeAmount, commandLineLimit: Int, textLineLimit: Int, tls: ServerTLS? = nil
     ) {
+        self.tls = tls
         self.session = session
         self.chain = chain
         self.spool = spool

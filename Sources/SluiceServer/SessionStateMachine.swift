@@ -19,6 +19,10 @@ public struct SessionStateMachine: Sendable {
         case readChunk(size: UInt64, store: Bool, last: Bool)
         /// The message data is complete and clean: run end of message and spool, then call `messageFinished`.
         case finishMessage
+        /// Send the reply in plaintext, drop any input buffered behind the command (RFC 3207 4.2:
+        /// pipelined plaintext must not be answered inside TLS), start the TLS handshake, then
+        /// call `tlsEstablished`.
+        case startTLS(SMTPReply)
         case none
 
         static func send(_ r: SMTPReply) -> Action { .reply([r], close: false) }
@@ -71,6 +75,7 @@ public struct SessionStateMachine: Sendable {
         case data
         case bdatChunk(last: Bool, refusal: SMTPReply?)
         case finishing
+        case startingTLS
         case closed
     }
 
@@ -87,11 +92,26 @@ public struct SessionStateMachine: Sendable {
 
     /// Whether this client may use ETRN (`[server] etrn_from`).
     private let etrnAllowed: Bool
+    /// What the listener offers: STARTTLS, implicit TLS, AUTH.
+    public let policy: ListenerPolicy
 
-    public init(configuration: SessionConfiguration, session: SessionInfo, etrnAllowed: Bool = false) {
+    /// Per listener: what the session offers and requires.
+    public struct ListenerPolicy: Sendable, Equatable {
+        /// STARTTLS is offered (a `[tls]` certificate is configured and TLS is not implicit).
+        public var startTLS: Bool
+        /// TLS from the first byte (`kind = "smtps"`).
+        public var implicitTLS: Bool
+        public init(startTLS: Bool = false, implicitTLS: Bool = false) {
+            self.startTLS = startTLS
+            self.implicitTLS = implicitTLS
+        }
+    }
+
+    public init(configuration: SessionConfiguration, session: SessionInfo, etrnAllowed: Bool = false, policy: ListenerPolicy = ListenerPolicy()) {
         self.configuration = configuration
         self.session = session
         self.etrnAllowed = etrnAllowed
+        self.policy = policy
         self.parser = SMTPCommandParser(limits: configuration.limits)
     }
 
@@ -104,10 +124,13 @@ public struct SessionStateMachine: Sendable {
         }
     }
 
-    /// The `with` protocol for Received (RFC 3848 / RFC 6531).
+    /// The `with` protocol for Received (RFC 3848 / RFC 6531): ESMTP, ESMTPS, ESMTPA, ESMTPSA,
+    /// and the UTF8SMTP forms.
     public var protocolName: String {
         guard session.esmtp else { return "SMTP" }
-        return transaction?.parameters.smtputf8 == true ? "UTF8SMTP" : "ESMTP"
+        let base = transaction?.parameters.smtputf8 == true ? "UTF8SMTP" : "ESMTP"
+        let suffix = (session.tls != nil ? "S" : "") + (session.authenticatedUser != nil ? "A" : "")
+        return base + suffix
     }
 
     var greeting: SMTPReply { SMTPReply(220, nil, "\(configuration.hostname) ESMTP Sluice") }
@@ -199,11 +222,35 @@ public struct SessionStateMachine: Sendable {
             return .send(SMTPReply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP ETRN"))
         case .etrn(let node):
             return etrn(node)
-        case .starttls, .auth:
+        case .starttls:
+            return startTLS()
+        case .auth:
             return fail(SMTPReply(502, "5.5.1", "Error: command not implemented"))
         case .turn:
             return fail(SMTPReply(502, "5.5.1", "Error: TURN not supported"))
         }
+    }
+
+    /// STARTTLS (RFC 3207).
+    private mutating func startTLS() -> Action {
+        guard policy.startTLS || policy.implicitTLS else { return fail(SMTPReply(502, "5.5.1", "Error: command not implemented")) }
+        guard session.tls == nil else { return fail(SMTPReply(554, "5.5.1", "Error: TLS already active")) }
+        guard transaction == nil else { return fail(SMTPReply(503, "5.5.1", "Error: MAIL transaction in progress")) }
+        phase = .startingTLS
+        return .startTLS(SMTPReply(220, "2.0.0", "Ready to start TLS"))
+    }
+
+    /// The TLS handshake finished. After STARTTLS the session starts over (RFC 3207 4.2): the
+    /// client must send EHLO again, and nothing said before counts.
+    public mutating func tlsEstablished(_ info: TLSInfo) -> Action {
+        session.tls = info
+        guard phase == .startingTLS else { return .none }  // implicit TLS: nothing to reset
+        session.heloName = nil
+        session.esmtp = false
+        pendingEHLO = nil
+        transaction = nil
+        phase = .command
+        return .none
     }
 
     /// ETRN (RFC 1985): `ETRN example.test` or `ETRN @example.test`.
@@ -230,6 +277,7 @@ public struct SessionStateMachine: Sendable {
         lines += configuration.stageKeywords
         lines += ["8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING"]
         if configuration.etrn != nil { lines.append("ETRN") }
+        if policy.startTLS && session.tls == nil { lines.append("STARTTLS") }
         return SMTPReply(250, nil, lines)
     }
 

@@ -16,8 +16,14 @@ public struct SessionInfo: Sendable {
     public var heloName: String?
     /// True after EHLO (as opposed to HELO).
     public var esmtp: Bool
-    /// True when the client is in `[server] relay_from`.
+    /// True when the client is in `[server] relay_from`, or authenticated.
     public var trustedClient: Bool
+    /// The session's TLS, once established.
+    public var tls: TLSInfo?
+    /// The authenticated user (SMTP AUTH, RFC 4954), once authenticated.
+    public var authenticatedUser: String?
+    /// The SASL mechanism that authenticated the user (`PLAIN`, `LOGIN`).
+    public var authMechanism: String?
     /// Per-session storage for stages.
     public var state: StageState
 

@@ -11,7 +11,7 @@ struct Sluice: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sluice",
         abstract: "An SMTP gateway with a programmable stage pipeline.",
-        subcommands: [Run.self, CheckConfig.self, Queue.self, SPF.self]
+        subcommands: [Run.self, CheckConfig.self, Queue.self, SPF.self, TLS.self]
     )
 }
 
@@ -74,7 +74,8 @@ struct CheckConfig: ParsableCommand {
         }
         print("\(config.file): ok")
         print("hostname: \(config.hostname)")
-        print("listeners: \(config.listenerTexts.joined(separator: ", "))")
+        print("listeners: " + zip(config.listenerTexts, config.listeners).map { "\($0) (\($1.kind.rawValue))" }.joined(separator: ", "))
+        print("tls: " + (config.tls.map { "certificate \($0.certificatePath), key \($0.keyPath)" } ?? "off"))
         print("spool: \(config.spool)")
         for route in config.routes {
             print("route: \(route.domains.joined(separator: ", ")) -> \(route.destination)")

@@ -40,6 +40,7 @@ func describe(_ action: Action) -> String {
     case .startData(let r): return "start data \(r.code)"
     case .readChunk(let size, let store, let last): return "read \(size)\(store ? "" : " discard")\(last ? " last" : "")"
     case .finishMessage: return "finish"
+    case .startTLS(let r): return "starttls \(r.code)"
     case .none: return "none"
     }
 }
@@ -55,12 +56,15 @@ func replies(_ action: Action) -> [SMTPReply] {
 struct Session {
     var machine: SessionStateMachine
 
-    init(_ configuration: SessionConfiguration = configuration(), trusted: Bool = false, clientAddress: String = "192.0.2.10") {
+    init(
+        _ configuration: SessionConfiguration = configuration(), trusted: Bool = false, clientAddress: String = "192.0.2.10",
+        policy: SessionStateMachine.ListenerPolicy = .init()
+    ) {
         let info = SessionInfo(
             id: "S1", clientAddress: clientAddress, clientPort: 40000, serverAddress: "198.51.100.1", serverPort: 25,
             serverHostname: hostname, trustedClient: trusted
         )
-        machine = SessionStateMachine(configuration: configuration, session: info)
+        machine = SessionStateMachine(configuration: configuration, session: info, policy: policy)
     }
 
     /// Sends a command line; returns the action, described.
