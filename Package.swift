@@ -23,6 +23,7 @@ let package = Package(
         .target(name: "SMTPCore"),
         .systemLibrary(name: "CUnbound", pkgConfig: "libunbound", providers: [.apt(["libunbound-dev"])]),
         .systemLibrary(name: "CSPF2", providers: [.apt(["libspf2-dev"])]),
+        .systemLibrary(name: "CCrypt", providers: [.apt(["libcrypt-dev"])]),
         .target(name: "SluiceDNS", dependencies: ["CUnbound", "SluiceStageAPI"]),
         .target(name: "SluiceStageAPI", dependencies: [
             "SMTPCore",
@@ -40,7 +41,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "SluiceServer", dependencies: [
-            "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceSpool",
+            "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceSpool", "CCrypt",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -62,7 +63,7 @@ let package = Package(
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
         .executableTarget(name: "sluice", dependencies: [
-            "SluiceRuntime", "SluiceSpool", "SluiceStageAPI", "SluicePipeline", "SluiceDNS", "SluiceStages",
+            "SluiceRuntime", "SluiceSpool", "SluiceStageAPI", "SluicePipeline", "SluiceDNS", "SluiceStages", "SluiceServer",
             .product(name: "X509", package: "swift-certificates"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "_CryptoExtras", package: "swift-crypto"),

@@ -26,6 +26,8 @@ public struct MailParameters: Hashable, Sendable {
     public var body: BodyType?
     /// SMTPUTF8 (RFC 6531).
     public var smtputf8 = false
+    /// AUTH=mailbox or AUTH=<> (RFC 4954 5), as xtext; only an authenticated client's counts.
+    public var auth: String?
     /// Parameters not understood here; the session refuses them (555 5.5.4) unless an extension claims them.
     public var other: [ESMTPParameter] = []
 
@@ -74,6 +76,9 @@ enum ParameterParser {
             case "SMTPUTF8":
                 guard p.value == nil else { throw .syntax("5.5.4", "SMTPUTF8 takes no value") }
                 params.smtputf8 = true
+            case "AUTH":
+                guard let v = p.value else { throw .syntax("5.5.4", "Bad AUTH parameter") }
+                params.auth = v
             default:
                 params.other.append(p)
             }

@@ -62,6 +62,26 @@ public final class Gateway: Sendable {
             tls = nil
         }
         let tls = self.tls
+        var auth: AuthSettings?
+        var senderLogin: SenderLoginMap?
+        if let a = config.auth {
+            do {
+                let users = try PasswdFile(path: a.usersFile, logger: logger)
+                auth = AuthSettings(
+                    authenticator: users,
+                    failures: AuthFailureTracker(
+                        maxFailures: a.maxFailures, window: .seconds(a.failureWindowSeconds), delay: .milliseconds(a.failureDelayMilliseconds)
+                    ),
+                    offerOnSMTP: a.offerOnSMTP
+                )
+                if let path = a.senderLoginFile {
+                    guard let text = PasswdFile.read(path) else { throw PasswdFile.Error(description: "cannot read \(path)") }
+                    senderLogin = SenderLoginMap(text: text)
+                }
+            } catch {
+                throw ConfigError(file: config.file, line: nil, key: "auth", message: "\(error)")
+            }
+        }
         var session = SessionConfiguration(hostname: config.hostname, routes: routes)
         session.maxRecipients = config.maxRecipients
         session.maxErrors = config.maxErrors
@@ -71,6 +91,7 @@ public final class Gateway: Sendable {
         session.hookedPhases = Set(StagePhase.allCases.filter(chain.hooks))
         session.makeQueueID = QueueID.make
         session.hasFreeSpace = { spool.hasFreeSpace() }
+        if let senderLogin { session.senderLogin = { senderLogin.allows(user: $0, sender: $1) } }
         if !config.etrnFrom.isEmpty { session.etrn = { delivery.flush(domain: $0) } }
         var smtpLogger = logger
         smtpLogger[metadataKey: "component"] = "smtpd"
@@ -80,7 +101,7 @@ public final class Gateway: Sendable {
             logger: smtpLogger, relayFrom: config.relayFrom, etrnFrom: config.etrnFrom,
             commandTimeout: .seconds(Int64(config.commandTimeoutSeconds)), dataTimeout: .seconds(Int64(config.dataTimeoutSeconds)),
             greetPause: .milliseconds(Int64(config.greetPauseMilliseconds)),
-            commandLineLimit: config.commandLineLimit, textLineLimit: config.textLineLimit, tls: tls
+            commandLineLimit: config.commandLineLimit, textLineLimit: config.textLineLimit, tls: tls, auth: auth
         )
         server = SMTPServer(context: context, listeners: config.listeners, group: MultiThreadedEventLoopGroup.singleton)
     }

@@ -36,6 +36,10 @@ import SluiceStageAPI
 /// `[tls]` keys: `certificate`, `key` (PEM files; both required when the table is present),
 /// `min_version` (`"1.2"` | `"1.3"`, default "1.2"). Without `[tls]`, TLS is off.
 ///
+/// `[auth]` keys: `users` (passwd-style `user:crypt-hash` file; `sluice passwd` writes it),
+/// `sender_login` (optional `address user,...` map), `max_failures` (5), `failure_window_s` (900),
+/// `failure_delay_ms` (1000), `offer_on_smtp` (false).
+///
 /// `[[listener]]`: `address` (`"127.0.0.1:2525"`, `"[::1]:2525"`), `kind` (`"smtp"` (default) |
 /// `"submission"` | `"smtps"`; the last two need `[tls]`).
 /// `[[route]]`: `domains` (names, or `"*"` for trusted clients only), `to` (`"maildir:PATH"`,
@@ -78,6 +82,23 @@ public struct GatewayConfig {
     public var listenerTexts: [String]
     /// `[tls]`, when present.
     public var tls: ServerTLS.Settings?
+    /// `[auth]`, when present.
+    public var auth: AuthConfig?
+
+    /// `[auth]` keys.
+    public struct AuthConfig: Sendable {
+        /// `users`: the passwd-style file of `user:crypt-hash` lines (required).
+        public var usersFile: String
+        /// `sender_login`: the address-to-users map; nil = any sender.
+        public var senderLoginFile: String?
+        /// `max_failures` (5) within `failure_window_s` (900) per client address; then 421.
+        public var maxFailures: Int
+        public var failureWindowSeconds: Int
+        /// `failure_delay_ms` (1000): the reply to the n-th failure waits n times this (up to 10).
+        public var failureDelayMilliseconds: Int
+        /// `offer_on_smtp` (false): offer AUTH on `kind = "smtp"` listeners too.
+        public var offerOnSMTP: Bool
+    }
     public var routes: [RouteTable.Route]
     public var stages: [StageSpec]
     public var queue: QueuePolicy
@@ -122,6 +143,11 @@ public struct GatewayConfig {
         if let v = root.value("tls") {
             guard case .table(let t) = v else { throw root.error("tls", "expected a [tls] table") }
             tlsValues = t
+        }
+        var authValues: [String: ConfigValue]?
+        if let v = root.value("auth") {
+            guard case .table(let t) = v else { throw root.error("auth", "expected an [auth] table") }
+            authValues = t
         }
         var dnsValues: [String: ConfigValue] = [:]
         if let v = root.value("dns") {
@@ -206,6 +232,22 @@ public struct GatewayConfig {
             tls = nil
         }
 
+        if let authValues {
+            let t = file.table("auth", authValues)
+            guard let users = try t.string("users") else { throw t.error("users", "missing: the passwd-style file of users (sluice passwd USER writes it)") }
+            auth = AuthConfig(
+                usersFile: resolve(users), senderLoginFile: try t.string("sender_login").map(resolve),
+                maxFailures: try t.int("max_failures", default: 5, range: 1...1000),
+                failureWindowSeconds: try t.int("failure_window_s", default: 900, range: 1...86_400),
+                failureDelayMilliseconds: try t.int("failure_delay_ms", default: 1000, range: 0...60_000),
+                offerOnSMTP: try t.bool("offer_on_smtp", default: false)
+            )
+            try t.finish()
+            if tls == nil { throw t.error("users", "AUTH is offered only inside TLS: [auth] needs [tls]") }
+        } else {
+            auth = nil
+        }
+
         listeners = []
         listenerTexts = []
         for (i, values) in listenerTables.enumerated() {
@@ -217,6 +259,9 @@ public struct GatewayConfig {
             let kind = Listener.Kind(rawValue: try t.choice("kind", Listener.Kind.allCases.map(\.rawValue), default: "smtp"))!
             if kind != .smtp && tls == nil {
                 throw t.error("kind", "a \(kind.rawValue) listener needs [tls] (certificate and key)")
+            }
+            if kind != .smtp && auth == nil {
+                throw t.error("kind", "a \(kind.rawValue) listener requires AUTH: add [auth] with users")
             }
             try t.finish()
             listeners.append(Listener(address: socket, kind: kind))

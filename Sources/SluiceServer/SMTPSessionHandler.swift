@@ -83,7 +83,9 @@ final class SMTPSessionHandler: ChannelInboundHandler {
         )
         let etrnAllowed = server.etrnFrom.contains { $0.contains(clientAddress) }
         let policy = SessionStateMachine.ListenerPolicy(
-            startTLS: server.tls != nil && listener.kind != .smtps, implicitTLS: listener.kind == .smtps
+            startTLS: server.tls != nil && listener.kind != .smtps, implicitTLS: listener.kind == .smtps,
+            auth: server.auth != nil && (listener.kind != .smtp || server.auth!.offerOnSMTP),
+            requireAuth: listener.requiresAuth
         )
         machine = SessionStateMachine(configuration: server.session, session: info, etrnAllowed: etrnAllowed, policy: policy)
 
@@ -307,6 +309,33 @@ final class SMTPSessionHandler: ChannelInboundHandler {
             finishMessage()
         case .startTLS(let reply):
             startTLS(reply)
+        case .authenticate(let user, let password, let mechanism):
+            authenticate(user: user, password: password, mechanism: mechanism)
+        }
+    }
+
+    /// Checks credentials on the thread pool (crypt(3) is slow on purpose). Failures are counted
+    /// per client address and answered late; past `[auth] max_failures` the client is dropped.
+    private func authenticate(user: String, password: String, mechanism: SASL.Mechanism) {
+        guard let auth = server.auth else { return perform(machine.authFinished(.failure)) }
+        let address = clientAddress
+        let pool = server.spool.threadPool
+        let log = logger
+        runAsync({ () async -> SessionStateMachine.AuthResult in
+            if auth.failures.count(address) >= auth.failures.maxFailures { return .tooManyFailures }
+            let ok = (try? await pool.runIfActive { auth.authenticator.verify(user: user, password: password) }) ?? false
+            if ok {
+                log.info("authenticated", metadata: ["user": "\(user)", "mechanism": "\(mechanism.rawValue)"])
+                return .success
+            }
+            let count = auth.failures.fail(address)
+            log.notice("authentication failed", metadata: ["user": "\(user)", "mechanism": "\(mechanism.rawValue)", "failures": "\(count)"])
+            if count >= auth.failures.maxFailures { return .tooManyFailures }
+            try? await Task.sleep(for: auth.failures.delay(after: count))
+            return .failure
+        }) { handler, result in
+            if result == .success { handler.logger[metadataKey: "user"] = "\(user)" }
+            handler.perform(handler.machine.authFinished(result))
         }
     }
 

@@ -29,15 +29,19 @@ public final class ServerContext: Sendable {
     public let textLineLimit: Int
     /// `[tls]`, when configured: STARTTLS on smtp and submission listeners, implicit TLS on smtps.
     public let tls: ServerTLS?
+    /// `[auth]`: SMTP AUTH on submission and smtps listeners (and smtp ones with `offer_on_smtp`).
+    public let auth: AuthSettings?
     private let stopping = Atomic<Bool>(false)
     private let channels = Mutex<[ObjectIdentifier: any Channel]>([:])
 
     public init(
         session: SessionConfiguration, chain: StageChain, spool: Spool, onQueued: @escaping @Sendable (String) -> Void,
         tracker: ConnectionTracker, logger: Logger, relayFrom: [CIDR], etrnFrom: [CIDR] = [], commandTimeout: TimeAmount,
-        dataTimeout: TimeAmount, greetPause: TimeAmount, commandLineLimit: Int, textLineLimit: Int, tls: ServerTLS? = nil
+        dataTimeout: TimeAmount, greetPause: TimeAmount, commandLineLimit: Int, textLineLimit: Int, tls: ServerTLS? = nil,
+        auth: AuthSettings? = nil
     ) {
         self.tls = tls
+        self.auth = auth
         self.session = session
         self.chain = chain
         self.spool = spool
@@ -78,6 +82,20 @@ public final class ServerContext: Sendable {
         for channel in channels.withLock({ Array($0.values) }) {
             channel.close(promise: nil)
         }
+    }
+}
+
+/// What SMTP AUTH uses: the credentials, the failure limits, and where it is offered.
+public struct AuthSettings: Sendable {
+    public var authenticator: any Authenticator
+    public var failures: AuthFailureTracker
+    /// Offer AUTH on `kind = "smtp"` listeners too (after STARTTLS).
+    public var offerOnSMTP: Bool
+
+    public init(authenticator: any Authenticator, failures: AuthFailureTracker, offerOnSMTP: Bool = false) {
+        self.authenticator = authenticator
+        self.failures = failures
+        self.offerOnSMTP = offerOnSMTP
     }
 }
 

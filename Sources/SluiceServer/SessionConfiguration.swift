@@ -24,6 +24,8 @@ public struct SessionConfiguration: Sendable {
     /// ETRN (RFC 1985): starts delivery of deferred mail for a domain, returning how many messages
     /// were started; nil when ETRN is not offered (`[server] etrn_from` empty).
     public var etrn: (@Sendable (String) -> Int)?
+    /// `[auth] sender_login`: whether an authenticated user may use a MAIL FROM address.
+    public var senderLogin: (@Sendable (String, ReversePath) -> Bool)?
     /// Makes the queue id of a new transaction (at MAIL, as Postfix does).
     public var makeQueueID: @Sendable () -> String = { "" }
 

@@ -23,6 +23,8 @@ public struct SessionStateMachine: Sendable {
         /// pipelined plaintext must not be answered inside TLS), start the TLS handshake, then
         /// call `tlsEstablished`.
         case startTLS(SMTPReply)
+        /// Check the credentials (off the event loop), then call `authFinished`.
+        case authenticate(user: String, password: String, mechanism: SASL.Mechanism)
         case none
 
         static func send(_ r: SMTPReply) -> Action { .reply([r], close: false) }
@@ -76,6 +78,9 @@ public struct SessionStateMachine: Sendable {
         case bdatChunk(last: Bool, refusal: SMTPReply?)
         case finishing
         case startingTLS
+        /// AUTH sent a 334 challenge; the next line is the client's response (RFC 4954 4).
+        case authResponse(SASL.Mechanism, user: String?)
+        case authenticating(SASL.Mechanism, user: String)
         case closed
     }
 
@@ -101,9 +106,15 @@ public struct SessionStateMachine: Sendable {
         public var startTLS: Bool
         /// TLS from the first byte (`kind = "smtps"`).
         public var implicitTLS: Bool
-        public init(startTLS: Bool = false, implicitTLS: Bool = false) {
+        /// AUTH is offered (once TLS is active).
+        public var auth: Bool
+        /// MAIL needs AUTH first (submission and smtps listeners).
+        public var requireAuth: Bool
+        public init(startTLS: Bool = false, implicitTLS: Bool = false, auth: Bool = false, requireAuth: Bool = false) {
             self.startTLS = startTLS
             self.implicitTLS = implicitTLS
+            self.auth = auth
+            self.requireAuth = requireAuth
         }
     }
 
@@ -166,6 +177,9 @@ public struct SessionStateMachine: Sendable {
     /// A command line (or an over-long one) arrived.
     /// - Parameter pipelinedInput: more input was already buffered behind this line.
     public mutating func commandLine(_ line: [UInt8]?, pipelinedInput: Bool, shuttingDown: Bool = false) -> Action {
+        if case .authResponse(let mechanism, let user) = phase {
+            return authResponse(line, mechanism: mechanism, user: user)
+        }
         guard phase == .command else { return .none }
         if shuttingDown {
             phase = .closed
@@ -224,8 +238,8 @@ public struct SessionStateMachine: Sendable {
             return etrn(node)
         case .starttls:
             return startTLS()
-        case .auth:
-            return fail(SMTPReply(502, "5.5.1", "Error: command not implemented"))
+        case .auth(let argument):
+            return auth(argument)
         case .turn:
             return fail(SMTPReply(502, "5.5.1", "Error: TURN not supported"))
         }
@@ -253,6 +267,92 @@ public struct SessionStateMachine: Sendable {
         return .none
     }
 
+    /// AUTH (RFC 4954) with PLAIN (RFC 4616) or LOGIN, only inside TLS.
+    private mutating func auth(_ argument: String) -> Action {
+        guard policy.auth else { return fail(SMTPReply(502, "5.5.1", "Error: authentication not enabled")) }
+        guard session.heloName != nil, session.esmtp else { return fail(SMTPReply(503, "5.5.1", "Error: send EHLO first")) }
+        guard session.authenticatedUser == nil else { return fail(SMTPReply(503, "5.5.1", "Error: already authenticated")) }
+        guard transaction == nil else { return fail(SMTPReply(503, "5.5.1", "Error: MAIL transaction in progress")) }
+        guard session.tls != nil else {
+            return fail(SMTPReply(538, "5.7.11", "Encryption required for requested authentication mechanism"))
+        }
+        let parts = argument.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
+        guard let name = parts.first, let mechanism = SASL.Mechanism(rawValue: name.uppercased()) else {
+            return fail(SMTPReply(504, "5.5.4", "Unrecognized authentication type"))
+        }
+        let initial = parts.count > 1 ? Array(parts[1].utf8) : nil
+        switch mechanism {
+        case .plain:
+            if let initial { return authResponse(initial, mechanism: .plain, user: nil) }
+            phase = .authResponse(.plain, user: nil)
+            return .send(SMTPReply(334, nil, ""))
+        case .login:
+            if let initial { return authResponse(initial, mechanism: .login, user: nil) }
+            phase = .authResponse(.login, user: nil)
+            return .send(SMTPReply(334, nil, SASL.encodeBase64(Array("Username:".utf8))))
+        }
+    }
+
+    /// A SASL response line (or an initial response).
+    private mutating func authResponse(_ line: [UInt8]?, mechanism: SASL.Mechanism, user: String?) -> Action {
+        phase = .command
+        guard let line else { return fail(SMTPReply(500, "5.5.6", "Error: authentication response too long")) }
+        if line == [UInt8(ascii: "*")] { return fail(SMTPReply(501, "5.0.0", "Authentication aborted")) }
+        let decoded: [UInt8]
+        do {
+            decoded = try SASL.decodeBase64(line)
+        } catch {
+            return fail(SMTPReply(501, "5.5.2", "Error: malformed authentication response (not base64)"))
+        }
+        switch mechanism {
+        case .plain:
+            guard let credentials = try? SASL.parsePlain(decoded) else {
+                return fail(SMTPReply(501, "5.5.2", "Error: malformed PLAIN response"))
+            }
+            // Acting for another identity is not supported (RFC 4616 2: the server may refuse it).
+            if !credentials.authorizationID.isEmpty && credentials.authorizationID != credentials.user {
+                return fail(SMTPReply(535, "5.7.8", "Error: authentication failed: authorization identity not allowed"))
+            }
+            phase = .authenticating(.plain, user: credentials.user)
+            return .authenticate(user: credentials.user, password: credentials.password, mechanism: .plain)
+        case .login:
+            guard let text = String(validating: decoded, as: UTF8.self), !text.isEmpty, text.utf8.count <= 255 else {
+                return fail(SMTPReply(501, "5.5.2", "Error: malformed LOGIN response"))
+            }
+            guard let user else {
+                phase = .authResponse(.login, user: text)
+                return .send(SMTPReply(334, nil, SASL.encodeBase64(Array("Password:".utf8))))
+            }
+            phase = .authenticating(.login, user: user)
+            return .authenticate(user: user, password: text, mechanism: .login)
+        }
+    }
+
+    /// How checking the credentials went.
+    public enum AuthResult: Sendable, Equatable {
+        case success
+        case failure
+        /// Too many failures from this client: 421 and close.
+        case tooManyFailures
+    }
+
+    public mutating func authFinished(_ result: AuthResult) -> Action {
+        guard case .authenticating(let mechanism, let user) = phase else { return .none }
+        phase = .command
+        switch result {
+        case .success:
+            session.authenticatedUser = user
+            session.authMechanism = mechanism.rawValue
+            session.trustedClient = true  // may relay (RFC 6409)
+            return .send(SMTPReply(235, "2.7.0", "Authentication successful"))
+        case .failure:
+            return fail(SMTPReply(535, "5.7.8", "Error: authentication failed"))
+        case .tooManyFailures:
+            phase = .closed
+            return .sendAndClose(SMTPReply(421, "4.7.0", "\(configuration.hostname) Error: too many authentication failures"))
+        }
+    }
+
     /// ETRN (RFC 1985): `ETRN example.test` or `ETRN @example.test`.
     private mutating func etrn(_ node: String) -> Action {
         guard let start = configuration.etrn else { return fail(SMTPReply(502, "5.5.1", "Error: command not implemented")) }
@@ -278,11 +378,18 @@ public struct SessionStateMachine: Sendable {
         lines += ["8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING"]
         if configuration.etrn != nil { lines.append("ETRN") }
         if policy.startTLS && session.tls == nil { lines.append("STARTTLS") }
+        if policy.auth && session.tls != nil { lines.append("AUTH PLAIN LOGIN") }
         return SMTPReply(250, nil, lines)
     }
 
     private mutating func mail(_ path: ReversePath, _ params: MailParameters) -> Action {
         guard session.heloName != nil else { return fail(SMTPReply(503, "5.5.1", "Error: send HELO/EHLO first")) }
+        if policy.requireAuth && session.authenticatedUser == nil {
+            return fail(SMTPReply(530, "5.7.0", "Authentication required"))
+        }
+        if let user = session.authenticatedUser, let allows = configuration.senderLogin, !allows(user, path) {
+            return fail(SMTPReply(553, "5.7.1", "<\(path.mailbox.map { "\($0)" } ?? "")>: Sender address rejected: not owned by user \(user)"))
+        }
         guard transaction == nil else { return fail(SMTPReply(503, "5.5.1", "Error: nested MAIL command")) }
         if let unknown = params.other.first {
             return fail(SMTPReply(555, "5.5.4", "Unsupported option: \(unknown.keyword)"))

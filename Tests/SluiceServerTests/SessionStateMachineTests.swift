@@ -41,6 +41,7 @@ func describe(_ action: Action) -> String {
     case .readChunk(let size, let store, let last): return "read \(size)\(store ? "" : " discard")\(last ? " last" : "")"
     case .finishMessage: return "finish"
     case .startTLS(let r): return "starttls \(r.code)"
+    case .authenticate(let user, let password, let mechanism): return "authenticate \(mechanism.rawValue) \(user):\(password)"
     case .none: return "none"
     }
 }
