@@ -236,7 +236,7 @@ public final class DeliveryAgent: Sendable {
                 for address in host.addresses {
                     let outcomes = await relay.deliver(relayMessage, to: .smtp(host: "\(address)", port: policy.mxPort))
                     let unreachable = outcomes.allSatisfy {
-                        if case .deferred(let r) = $0 { ["4.4.1", "4.4.2"].contains(r.enhancedCode?.description ?? "") } else { false }
+                        if case .deferred(let r) = $0 { r.enhancedCode?.description == "4.4.1" || RelaySession.isGreetingRefusal(r) } else { false }
                     }
                     if !unreachable { return Array(zip(indices, outcomes)) }
                     logger.info("mail host unreachable, trying the next", metadata: [

@@ -38,6 +38,10 @@ public struct MXLookup: Sendable {
             }
             return .hosts([Host(name: domain, addresses: [ip])])
         }
+        // DNS holds the A-label form of an internationalized domain (RFC 5891 5, RFC 6531).
+        guard let domain = IDNA.toASCII(domain) else {
+            return .failed(SMTPReply(550, "5.1.2", "\(domain) is not a valid domain name"))
+        }
         let answer: DNSAnswer
         do {
             answer = try await resolver.query(domain, .mx)

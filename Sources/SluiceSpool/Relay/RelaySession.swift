@@ -48,13 +48,21 @@ struct RelaySession {
         try await outbound.write(ByteBuffer(bytes: bytes))
     }
 
+    static let greetedWith = "greeted with"
+
+    /// True for the deferral of a next hop that would not greet: an MX route then tries the
+    /// next host (like a connect failure), while a lost conversation does not.
+    static func isGreetingRefusal(_ reply: SMTPReply) -> Bool {
+        reply.enhancedCode?.description == "4.4.2" && reply.lines.first?.contains(" \(greetedWith) ") == true
+    }
+
     /// Greeting and EHLO (HELO when EHLO is refused; LHLO for LMTP). Returns the offered
     /// extensions, or the outcome for every recipient when the next hop will not talk.
     mutating func handshake() async throws -> Result<[String: String], RecipientOutcomeFailure> {
         let greeting = try await readReply()
         guard greeting.code == 220 else {
             try? await send("QUIT\r\n")
-            return .failure(.init(outcome: .deferred(SMTPReply(451, "4.4.2", "\(endpoint) greeted with \(greeting)"))))
+            return .failure(.init(outcome: .deferred(SMTPReply(451, "4.4.2", "\(endpoint) \(Self.greetedWith) \(greeting)"))))
         }
         try await send("\(endpoint.isLMTP ? "LHLO" : "EHLO") \(client.hostname)\r\n")
         var hello = try await readReply()
