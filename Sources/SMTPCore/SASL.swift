@@ -15,6 +15,12 @@ public enum SASL {
         public var authorizationID: String
         public var user: String
         public var password: String
+
+        public init(authorizationID: String, user: String, password: String) {
+            self.authorizationID = authorizationID
+            self.user = user
+            self.password = password
+        }
     }
 
     /// RFC 4616 2: exactly two NULs, a non-empty user and password, UTF-8, at most 255 octets each.

@@ -41,7 +41,8 @@ import SluiceStageAPI
 /// `failure_delay_ms` (1000), `offer_on_smtp` (false).
 ///
 /// `[[listener]]`: `address` (`"127.0.0.1:2525"`, `"[::1]:2525"`), `kind` (`"smtp"` (default) |
-/// `"submission"` | `"smtps"`; the last two need `[tls]`).
+/// `"submission"` | `"smtps"`; the last two need `[tls]` and `[auth]`), `proxy_protocol` (false:
+/// a PROXY v1/v2 header comes first, from `proxy_from` CIDRs only).
 /// `[[route]]`: `domains` (names, or `"*"` for trusted clients only), `to` (`"maildir:PATH"`,
 /// `"smtp://host:port"`, `"lmtp://host:port"`, `"lmtp:unix:/path"`, `"mx"`: the recipient domain's
 /// MX hosts via `[dns]`), `tls` for SMTP/LMTP/MX routes
@@ -263,8 +264,16 @@ public struct GatewayConfig {
             if kind != .smtp && auth == nil {
                 throw t.error("kind", "a \(kind.rawValue) listener requires AUTH: add [auth] with users")
             }
+            let proxy = try t.bool("proxy_protocol", default: false)
+            let proxyFrom = try t.strings("proxy_from", default: []).map { text in
+                guard let c = CIDR(text) else { throw t.error("proxy_from", "'\(text)' is not an address or CIDR") }
+                return c
+            }
+            if proxy && proxyFrom.isEmpty {
+                throw t.error("proxy_from", "proxy_protocol = true needs the proxies' addresses (e.g. [\"127.0.0.1\"])")
+            }
             try t.finish()
-            listeners.append(Listener(address: socket, kind: kind))
+            listeners.append(Listener(address: socket, kind: kind, proxyProtocol: proxy, proxyFrom: proxyFrom))
             listenerTexts.append(address)
         }
         if listeners.isEmpty {

@@ -30,6 +30,9 @@ public final class SMTPServer: Sendable {
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let pipeline = channel.pipeline.syncOperations
+                        if listener.proxyProtocol {
+                            try pipeline.addHandler(ProxyProtocolDecoder(allowed: listener.proxyFrom))
+                        }
                         var sniffer: ServerHelloSniffer?
                         if listener.kind == .smtps, let tls = server.tls {
                             // Implicit TLS (RFC 8314): the handshake comes first.

@@ -23,6 +23,8 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     private var machine: SessionStateMachine!
     /// Watches the ServerHello for the cipher while a handshake runs.
     private var sniffer: ServerHelloSniffer?
+    /// The client and server addresses a PROXY header gave.
+    private var proxied: ProxyProtocolDecoder.ProxiedAddress?
     private var framer: SMTPFramer
     private var inbound = ByteBuffer()
     private var outbound = ByteBuffer()
@@ -72,13 +74,24 @@ final class SMTPSessionHandler: ChannelInboundHandler {
         let remote = context.channel.remoteAddress
         let local = context.channel.localAddress
         clientAddress = remote?.ipAddress ?? "?"
+        var clientPort = remote?.port ?? 0
+        var serverAddress = local?.ipAddress ?? "?"
+        var serverPort = local?.port ?? 0
+        if let client = proxied?.client {
+            clientAddress = IPAddress(client.address).map { "\($0)" } ?? client.address
+            clientPort = client.port
+        }
+        if let server = proxied?.server {
+            serverAddress = IPAddress(server.address).map { "\($0)" } ?? server.address
+            serverPort = server.port
+        }
         let sessionID = server.session.makeQueueID()
         logger[metadataKey: "session"] = "\(sessionID)"
         logger[metadataKey: "client"] = "\(clientAddress)"
         let trusted = server.relayFrom.contains { $0.contains(clientAddress) }
         let info = SessionInfo(
-            id: sessionID, clientAddress: clientAddress, clientPort: remote?.port ?? 0,
-            serverAddress: local?.ipAddress ?? "?", serverPort: local?.port ?? 0,
+            id: sessionID, clientAddress: clientAddress, clientPort: clientPort,
+            serverAddress: serverAddress, serverPort: serverPort,
             serverHostname: server.session.hostname, trustedClient: trusted
         )
         let etrnAllowed = server.etrnFrom.contains { $0.contains(clientAddress) }
@@ -150,6 +163,10 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let address = event as? ProxyProtocolDecoder.ProxiedAddress {
+            proxied = address
+            return
+        }
         if let tlsEvent = event as? TLSUserEvent, case .handshakeCompleted = tlsEvent {
             tlsHandshakeCompleted()
             return

@@ -1,0 +1,170 @@
+import NIOCore
+import SluiceStageAPI
+
+/// The PROXY protocol header (haproxy's proxy-protocol.txt, versions 1 and 2) in front of a
+/// session, from a trusted proxy only. The real client address it carries is handed to the
+/// session (`ProxiedAddress`) before the session starts; a header from an address outside
+/// `proxy_from`, a malformed one, or none within the timeout closes the connection.
+final class ProxyProtocolDecoder: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    /// The client the proxy saw; nil for `LOCAL`/`UNKNOWN` (the proxy's own connection).
+    struct ProxiedAddress: Sendable {
+        var client: (address: String, port: Int)?
+        var server: (address: String, port: Int)?
+    }
+
+    enum Parse: Equatable {
+        case needMore
+        case invalid(String)
+        /// The header's length and the addresses it gave (source, destination).
+        case header(length: Int, source: (String, Int)?, destination: (String, Int)?)
+
+        static func == (a: Parse, b: Parse) -> Bool {
+            switch (a, b) {
+            case (.needMore, .needMore): true
+            case (.invalid(let x), .invalid(let y)): x == y
+            case (.header(let l1, let s1, let d1), .header(let l2, let s2, let d2)):
+                l1 == l2 && s1?.0 == s2?.0 && s1?.1 == s2?.1 && d1?.0 == d2?.0 && d1?.1 == d2?.1
+            default: false
+            }
+        }
+    }
+
+    private let allowed: [CIDR]
+    private let timeout: TimeAmount
+    private var buffer = ByteBuffer()
+    private var timer: Scheduled<Void>?
+    private var done = false
+
+    init(allowed: [CIDR], timeout: TimeAmount = .seconds(10)) {
+        self.allowed = allowed
+        self.timeout = timeout
+    }
+
+    static let v2Signature: [UInt8] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A]
+
+    func channelActive(context: ChannelHandlerContext) {
+        // Held back: the session starts once the header has told who the client is.
+        let peer = context.channel.remoteAddress?.ipAddress ?? ""
+        guard allowed.contains(where: { $0.contains(peer) }) else {
+            done = true
+            context.close(promise: nil)
+            return
+        }
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(in: timeout) { bound.value.close(promise: nil) }
+        context.read()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !done else { return context.fireChannelRead(data) }
+        var bytes = unwrapInboundIn(data)
+        buffer.writeBuffer(&bytes)
+        switch Self.parse(Array(buffer.readableBytesView)) {
+        case .needMore:
+            if buffer.readableBytes > 536 { fail(context) } else { context.read() }
+        case .invalid:
+            fail(context)
+        case .header(let length, let source, let destination):
+            done = true
+            timer?.cancel()
+            buffer.moveReaderIndex(forwardBy: length)
+            let rest = buffer
+            let proxied = ProxiedAddress(client: source, server: destination)
+            context.fireUserInboundEventTriggered(proxied)
+            context.fireChannelActive()
+            if rest.readableBytes > 0 {
+                context.fireChannelRead(wrapInboundOut(rest))
+                context.fireChannelReadComplete()
+            }
+            context.pipeline.syncOperations.removeHandler(self, promise: nil)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        if done { context.fireChannelInactive() }
+    }
+
+    private func fail(_ context: ChannelHandlerContext) {
+        done = true
+        timer?.cancel()
+        context.close(promise: nil)
+    }
+
+    /// Parses a v1 or v2 header at the start of `bytes`.
+    static func parse(_ bytes: [UInt8]) -> Parse {
+        if bytes.count < 12 {
+            let sigPrefix = Array(v2Signature.prefix(bytes.count))
+            let v1Prefix = Array("PROXY ".utf8.prefix(bytes.count))
+            return bytes == sigPrefix || bytes == v1Prefix ? .needMore : .invalid("not a PROXY header")
+        }
+        if Array(bytes.prefix(12)) == v2Signature { return parseV2(bytes) }
+        if bytes.starts(with: Array("PROXY ".utf8)) { return parseV1(bytes) }
+        return .invalid("not a PROXY header")
+    }
+
+    /// `PROXY TCP4|TCP6|UNKNOWN src dst sport dport\r\n`, at most 107 octets.
+    static func parseV1(_ bytes: [UInt8]) -> Parse {
+        if let lf = bytes.firstIndex(of: 0x0A), lf == 0 || bytes[lf - 1] != 0x0D { return .invalid("v1 header with a bare LF") }
+        guard let cr = bytes.firstIndex(of: 0x0D) else { return bytes.count > 107 ? .invalid("v1 header too long") : .needMore }
+        guard cr + 1 < bytes.count else { return .needMore }
+        guard bytes[cr + 1] == 0x0A, cr + 2 <= 107 else { return .invalid("v1 header not ended by CRLF") }
+        let line = String(decoding: bytes[..<cr], as: UTF8.self)
+        let fields = line.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+        guard fields.count >= 2 else { return .invalid("v1 header too short") }
+        if fields[1] == "UNKNOWN" { return .header(length: cr + 2, source: nil, destination: nil) }
+        guard fields.count == 6, fields[1] == "TCP4" || fields[1] == "TCP6",
+              let src = IPAddress(fields[2]), let dst = IPAddress(fields[3]),
+              src.isIPv4 == (fields[1] == "TCP4"), dst.isIPv4 == (fields[1] == "TCP4"),
+              let sport = port(fields[4]), let dport = port(fields[5])
+        else { return .invalid("malformed v1 header") }
+        return .header(length: cr + 2, source: ("\(src)", sport), destination: ("\(dst)", dport))
+    }
+
+    private static func port(_ s: String) -> Int? {
+        guard !s.isEmpty, s.count <= 5, s.allSatisfy({ $0.isASCII && $0.isNumber }), s == "0" || !s.hasPrefix("0"),
+              let p = Int(s), p <= 65535 else { return nil }
+        return p
+    }
+
+    /// The binary v2 header: signature, version/command, family/protocol, length, addresses, TLVs.
+    static func parseV2(_ bytes: [UInt8]) -> Parse {
+        guard bytes.count >= 16 else { return .needMore }
+        let versionCommand = bytes[12]
+        guard versionCommand >> 4 == 2 else { return .invalid("v2 header of version \(versionCommand >> 4)") }
+        let command = versionCommand & 0x0F
+        let length = Int(bytes[14]) << 8 | Int(bytes[15])
+        guard bytes.count >= 16 + length else { return length > 520 ? .invalid("v2 header too long") : .needMore }
+        let total = 16 + length
+        switch command {
+        case 0:  // LOCAL: the proxy's own connection (health check)
+            return .header(length: total, source: nil, destination: nil)
+        case 1:  // PROXY
+            let family = bytes[13] >> 4
+            let body = Array(bytes[16..<total])
+            switch family {
+            case 1:  // AF_INET: 4 + 4 + 2 + 2
+                guard body.count >= 12, let s = IPAddress(bytes: Array(body[0..<4])), let d = IPAddress(bytes: Array(body[4..<8])) else {
+                    return .invalid("v2 IPv4 addresses truncated")
+                }
+                return .header(length: total, source: ("\(s)", Int(body[8]) << 8 | Int(body[9])),
+                               destination: ("\(d)", Int(body[10]) << 8 | Int(body[11])))
+            case 2:  // AF_INET6: 16 + 16 + 2 + 2
+                guard body.count >= 36, let s = IPAddress(bytes: Array(body[0..<16])), let d = IPAddress(bytes: Array(body[16..<32])) else {
+                    return .invalid("v2 IPv6 addresses truncated")
+                }
+                return .header(length: total, source: ("\(s)", Int(body[32]) << 8 | Int(body[33])),
+                               destination: ("\(d)", Int(body[34]) << 8 | Int(body[35])))
+            case 0:  // AF_UNSPEC
+                return .header(length: total, source: nil, destination: nil)
+            default:
+                return .invalid("v2 address family \(family) not supported")
+            }
+        default:
+            return .invalid("v2 command \(command)")
+        }
+    }
+}
