@@ -24,6 +24,8 @@ let package = Package(
         .systemLibrary(name: "CUnbound", pkgConfig: "libunbound", providers: [.apt(["libunbound-dev"])]),
         .systemLibrary(name: "CSPF2", providers: [.apt(["libspf2-dev"])]),
         .systemLibrary(name: "CCrypt", providers: [.apt(["libcrypt-dev"])]),
+        .systemLibrary(name: "COpenDKIM", providers: [.apt(["libopendkim-dev"])]),
+        .systemLibrary(name: "COpenDMARC", providers: [.apt(["libopendmarc-dev"])]),
         .target(name: "SluiceDNS", dependencies: ["CUnbound", "SluiceStageAPI"]),
         .target(name: "SluiceStageAPI", dependencies: [
             "SMTPCore",
@@ -49,7 +51,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "SluiceStages", dependencies: [
-            "SMTPCore", "SluiceStageAPI", "CSPF2",
+            "SMTPCore", "SluiceStageAPI", "CSPF2", "COpenDKIM", "COpenDMARC",
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .target(name: "SluiceRuntime", dependencies: [

@@ -7,5 +7,8 @@ public enum BuiltinStages {
         SizeLimitStage.factory,
         HeaderChecksStage.factory,
         SPFStage.factory,
+        DKIMVerifyStage.factory,
+        DKIMSignStage.factory,
+        DMARCStage.factory,
     ]
 }
