@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sluice benchmark harness: Postfix baseline vs Sluice (maildir delivery, then
-# relay to an smtp-sink next hop), an idle-connection memory check, and
-# Sluice's acceptance rate with delivery on vs alone.  See scripts/bench/README.md.
+# relay to an smtp-sink next hop), an idle-connection memory check,
+# Sluice's acceptance rate with delivery on vs alone, and the maildir run over STARTTLS
+# with one connection per message (tls_load.py).  See scripts/bench/README.md.
 #
 #   SLUICE_BIN=.build/release/sluice bash scripts/bench/run.sh
 #
@@ -16,13 +17,18 @@
 #   BENCH_TIMEOUT         bound in seconds for each wait         (300)
 #   BENCH_ONLY            all, or a comma list of servers (postfix, sluice) and/or
 #                         scenarios (maildir = maildir throughput + idle check, relay,
-#                         spf = the maildir run again with the spf stage);
+#                         spf = the maildir run again with the spf stage,
+#                         tls = maildir delivery over STARTTLS, a connection per message);
 #                         an omitted kind means all of that kind  (all)
 #   BENCH_ACCEPT_TARGET   % of the acceptance rate alone that acceptance with delivery
 #                         on must reach                          (80)
 #   BENCH_SPF_TARGET      % of the maildir rate that the same run with the spf stage
 #                         (warm cache, local DNS) must reach     (80)
 #   BENCH_DNS_PORT        (2629)   the local DNS server (dnslib) for the spf run
+#   BENCH_TLS_MESSAGES    messages in the tls run (one connection each)   (1000)
+#   BENCH_TLS_PROCS       processes of the tls client (tls_load.py)       (1)
+#   BENCH_TLS_KEY         ecdsa (P-256) or rsa (2048): the key of the certificate
+#                         both servers use in the tls run                 (ecdsa)
 #   BENCH_POSTFIX_PORT    (2626)   BENCH_SLUICE_PORT (2627)     loopback only
 #   BENCH_SINK_PORT       (2628)   smtp-sink, the relay next hop  loopback only
 #   BENCH_KEEP            1: keep the temp dir (logs, configs, maildirs)
@@ -31,7 +37,7 @@
 # delivery, crash, timeout), 3 the idle check held fewer connections than
 # asked or went over the RSS limit, 4 acceptance with delivery on was below
 # BENCH_ACCEPT_TARGET % of acceptance alone, 5 the spf run was below BENCH_SPF_TARGET %.
-# shellcheck disable=SC2153  # PF_*, SL_*, PFR_*, SLR_*, SLA_* results are set by save_result
+# shellcheck disable=SC2153  # PF_*, SL_*, PFR_*, SLR_*, SLA_*, PFT_*, SLT_* results are set by save_result
 set -euo pipefail
 
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH:-}"
@@ -51,6 +57,9 @@ ONLY=${BENCH_ONLY:-all}
 ACCEPT_TARGET=${BENCH_ACCEPT_TARGET:-80}
 SPF_TARGET=${BENCH_SPF_TARGET:-80}
 DNS_PORT=${BENCH_DNS_PORT:-2629}
+TLS_MESSAGES=${BENCH_TLS_MESSAGES:-1000}
+TLS_PROCS=${BENCH_TLS_PROCS:-1}
+TLS_KEY=${BENCH_TLS_KEY:-ecdsa}
 PF_PORT=${BENCH_POSTFIX_PORT:-2626}
 SL_PORT=${BENCH_SLUICE_PORT:-2627}
 SINK_PORT=${BENCH_SINK_PORT:-2628}
@@ -65,15 +74,17 @@ fcalc() { awk "BEGIN { printf \"$1\", $2 }"; }
 for v in MESSAGES:BENCH_MESSAGES SESSIONS:BENCH_SESSIONS SIZE:BENCH_SIZE \
          IDLE_CONNS:BENCH_IDLE_CONNS IDLE_LIMIT_MB:BENCH_IDLE_LIMIT_MB TIMEOUT:BENCH_TIMEOUT \
          PF_PORT:BENCH_POSTFIX_PORT SL_PORT:BENCH_SLUICE_PORT SINK_PORT:BENCH_SINK_PORT \
-         ACCEPT_TARGET:BENCH_ACCEPT_TARGET SPF_TARGET:BENCH_SPF_TARGET DNS_PORT:BENCH_DNS_PORT; do
+         ACCEPT_TARGET:BENCH_ACCEPT_TARGET SPF_TARGET:BENCH_SPF_TARGET DNS_PORT:BENCH_DNS_PORT \
+         TLS_MESSAGES:BENCH_TLS_MESSAGES TLS_PROCS:BENCH_TLS_PROCS; do
     val=${v%%:*}
     [[ ${!val} =~ ^[0-9]+$ ]] && (( ${!val} > 0 )) || die "${v#*:} must be a positive integer (got '${!val}')"
 done
 (( TIMEOUT >= 30 )) || die "BENCH_TIMEOUT must be at least 30"
 [[ $REUSE == 0 || $REUSE == 1 ]] || die "BENCH_REUSE must be 0 or 1"
+[[ $TLS_KEY == ecdsa || $TLS_KEY == rsa ]] || die "BENCH_TLS_KEY must be ecdsa or rsa"
 (( PF_PORT != SL_PORT && PF_PORT != SINK_PORT && SL_PORT != SINK_PORT )) \
     || die "BENCH_POSTFIX_PORT, BENCH_SLUICE_PORT and BENCH_SINK_PORT must differ"
-RUN_POSTFIX=0; RUN_SLUICE=0; RUN_MAILDIR=0; RUN_RELAY=0; RUN_SPF=0
+RUN_POSTFIX=0; RUN_SLUICE=0; RUN_MAILDIR=0; RUN_RELAY=0; RUN_SPF=0; RUN_TLS=0
 IFS=', ' read -ra only_words <<<"$ONLY"
 for w in "${only_words[@]}"; do
     case $w in
@@ -83,11 +94,12 @@ for w in "${only_words[@]}"; do
         maildir) RUN_MAILDIR=1 ;;
         relay) RUN_RELAY=1 ;;
         spf) RUN_SPF=1 ;;
-        *) die "BENCH_ONLY: unknown word '$w' (all, postfix, sluice, maildir, relay, spf)" ;;
+        tls) RUN_TLS=1 ;;
+        *) die "BENCH_ONLY: unknown word '$w' (all, postfix, sluice, maildir, relay, spf, tls)" ;;
     esac
 done
 (( RUN_POSTFIX || RUN_SLUICE )) || { RUN_POSTFIX=1; RUN_SLUICE=1; }
-(( RUN_MAILDIR || RUN_RELAY || RUN_SPF )) || { RUN_MAILDIR=1; RUN_RELAY=1; RUN_SPF=1; }
+(( RUN_MAILDIR || RUN_RELAY || RUN_SPF || RUN_TLS )) || { RUN_MAILDIR=1; RUN_RELAY=1; RUN_SPF=1; RUN_TLS=1; }
 # The spf run is compared with the plain maildir run of the same invocation.
 (( RUN_SPF )) && RUN_MAILDIR=1
 (( EUID == 0 )) || die "must run as root (a private Postfix instance needs root to start)"
@@ -230,6 +242,7 @@ ensure_deps() {
     command -v find >/dev/null || pkgs+=(findutils)
     command -v awk >/dev/null || pkgs+=(mawk)
     command -v ps >/dev/null || pkgs+=(procps)
+    command -v openssl >/dev/null || pkgs+=(openssl)
     (( ${#pkgs[@]} )) || return 0
 
     local was_running=0
@@ -288,6 +301,12 @@ tailf() { tail -n "${2:-3}" "$1" 2>/dev/null | tr '\n' ' ' || true; }
 SRC_FLAGS=(-4 -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -M client.test
            -f bench@client.test -t bench@example.test)
 (( REUSE )) && SRC_FLAGS=(-d "${SRC_FLAGS[@]}")
+# The load command of measure (HOST:PORT is appended) and the name of its log.  The tls
+# runs override both, and MESSAGES, with locals of their own (bash's dynamic scope).
+LOAD=(smtp-source "${SRC_FLAGS[@]}")
+LOAD_NAME=smtp-source
+# Busy CPU time of the whole machine so far, in seconds (from /proc/stat).
+cpu_busy() { awk '$1 == "cpu" { print ($2 + $3 + $4 + $7 + $8) / 100; exit }' /proc/stat; }
 
 # Messages counted by smtp-sink so far, from a sink_watch.py events file.
 sink_count() { tail -n 1 "$1" 2>/dev/null | awk '{ n = $2 } END { print n + 0 }' || true; }
@@ -299,12 +318,14 @@ sink_count() { tail -n 1 "$1" 2>/dev/null | awk '{ n = $2 } END { print n + 0 }'
 #                 MESSAGES; the end is the later of the client finishing and that moment.
 #   KIND accept:  TARGET is the spool's queue/; done when it holds MESSAGES files; the end
 #                 is the client finishing (only acceptance is measured).
-# Sets R_ERR R_ELAPSED R_SRC R_RATE R_ACC_RATE R_RSS_KB R_PSS_KB R_PROCS; returns 1 on failure.
+# Sets R_ERR R_ELAPSED R_SRC R_RATE R_ACC_RATE R_RSS_KB R_PSS_KB R_PROCS, R_CPU (busy CPU
+# seconds of the whole machine from the start to the end of the wait) and R_LOG (the load
+# command's output); returns 1 on failure.
 measure() {
     local name=$1 port=$2 kind=$3 target=$4; shift 4
-    local out="$WORK/$name-rss.txt" srclog="$WORK/$name-smtp-source.log"
+    local out="$WORK/$name-rss.txt" srclog="$WORK/$name-$LOAD_NAME.log"
     R_ERR=""; R_ELAPSED=0; R_SRC=0; R_RATE=0; R_ACC_RATE=0
-    R_RSS_KB=0; R_PSS_KB=0; R_PROCS=0
+    R_RSS_KB=0; R_PSS_KB=0; R_PROCS=0; R_CPU=0; R_LOG=$srclog
 
     "$PY" "$HERE/rss_sampler.py" "$@" --out "$out" --interval 0.1 \
         --max-seconds $(( TIMEOUT * 2 + 60 )) &
@@ -313,11 +334,12 @@ measure() {
     local i
     for ((i = 0; i < 100; i++)); do [[ -s $out ]] && break; sleep 0.05; done
 
-    log "$name: smtp-source ${SRC_FLAGS[*]} $HOST:$port"
-    local t0 t1 src_rc=0
+    log "$name: ${LOAD[*]##*/} $HOST:$port"
+    local t0 t1 src_rc=0 cpu0
+    cpu0=$(cpu_busy)
     t0=$(now)
     # In the background + wait, so that a signal to this script is handled at once.
-    timeout -k 5 "$TIMEOUT" smtp-source "${SRC_FLAGS[@]}" "$HOST:$port" >"$srclog" 2>&1 &
+    timeout -k 5 "$TIMEOUT" "${LOAD[@]}" "$HOST:$port" >"$srclog" 2>&1 &
     BG_PIDS+=("$!")
     wait "$!" || src_rc=$?
     t1=$(now)
@@ -329,7 +351,7 @@ measure() {
     else
         local note=""
         (( src_rc == 124 )) && note=" (timed out after ${TIMEOUT}s)"
-        R_ERR="smtp-source exit status $src_rc$note: $(tailf "$srclog")"
+        R_ERR="$LOAD_NAME exit status $src_rc$note: $(tailf "$srclog")"
         deadline=$(( $(date +%s) + 5 ))
     fi
     while :; do
@@ -341,6 +363,7 @@ measure() {
         (( $(date +%s) < deadline )) || break
         sleep 0.1
     done
+    R_CPU=$(fcalc %.2f "$(cpu_busy) - $cpu0")
 
     kill -TERM "$spid" 2>/dev/null || true
     wait "$spid" 2>/dev/null || true
@@ -394,7 +417,64 @@ save_result() {
     printf -v "${1}_ELAPSED" %s "$R_ELAPSED"; printf -v "${1}_SRC" %s "$R_SRC"
     printf -v "${1}_RATE" %s "$R_RATE"; printf -v "${1}_ACC_RATE" %s "$R_ACC_RATE"
     printf -v "${1}_RSS_KB" %s "$R_RSS_KB"; printf -v "${1}_PSS_KB" %s "$R_PSS_KB"
-    printf -v "${1}_PROCS" %s "$R_PROCS"
+    printf -v "${1}_PROCS" %s "$R_PROCS"; printf -v "${1}_CPU" %s "$R_CPU"
+}
+
+# ---------------------------------------------------------------- tls helpers
+# One self-signed certificate (mx.example.test, BENCH_TLS_KEY) for both servers.
+TLS_DIR=""
+make_tls_cert() {
+    local dir="$WORK/tls" alg=(-newkey ec -pkeyopt ec_paramgen_curve:P-256)
+    [[ $TLS_KEY == rsa ]] && alg=(-newkey rsa:2048)
+    mkdir -p "$dir"
+    openssl req -x509 "${alg[@]}" -nodes -days 30 -subj /CN=mx.example.test \
+        -addext subjectAltName=DNS:mx.example.test \
+        -keyout "$dir/key.pem" -out "$dir/cert.pem" >"$dir/openssl.log" 2>&1 || return 1
+    chmod 600 "$dir/key.pem"
+    TLS_DIR=$dir
+}
+
+# For a tls run that has made MESSAGES, LOAD and LOAD_NAME local: measure then runs
+# tls_load.py (STARTTLS, a new connection per message) for BENCH_TLS_MESSAGES messages.
+tls_load() {
+    MESSAGES=$TLS_MESSAGES
+    LOAD=("$PY" "$HERE/tls_load.py" --messages "$TLS_MESSAGES" --workers "$SESSIONS"
+          --size "$SIZE" --procs "$TLS_PROCS" --timeout $(( TIMEOUT - 10 )))
+    LOAD_NAME=tls_load
+}
+
+# CPU seconds used so far by a process tree: utime + stime + cutime + cstime of the root
+# and every descendant (a child that exits moves its time into its parent's cutime, so
+# the difference of two readings is the tree's CPU in between).
+tree_cpu() {
+    "$PY" - "$1" <<'EOF'
+import os, sys
+root, tree, hz = int(sys.argv[1]), {}, os.sysconf("SC_CLK_TCK")
+for name in os.listdir("/proc"):
+    if name.isdigit():
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        tree.setdefault(int(fields[1]), []).append((int(name), sum(map(int, fields[11:15]))))
+def total(pid, ticks):
+    return ticks + sum(total(child, t) for child, t in tree.get(pid, ()))
+own = next((t for kids in tree.values() for p, t in kids if p == root), 0)
+print(f"{total(root, own) / hz:.2f}")
+EOF
+}
+
+# tls_check NEWDIR TEXT: every delivered message carries TEXT (its Received: line says it
+# came over TLS); sets TLS_LINE on failure.  Also sets TLS_CLIENT, the client's result line.
+tls_check() {
+    local n
+    TLS_CLIENT=$(tail -n 1 "$R_LOG" 2>/dev/null || true)
+    n=$(find "$1" -maxdepth 1 -type f -print0 | xargs -0 -r grep -L -F -e "$2" | wc -l || true)
+    if (( n )); then
+        TLS_LINE="$n of $MESSAGES delivered messages lack '$2' (not received over TLS?)"
+        return 1
+    fi
 }
 
 # ---------------------------------------------------------------- smtp-sink (relay next hop)
@@ -425,12 +505,14 @@ start_sink() {
 }
 
 # ---------------------------------------------------------------- postfix
-PF_OK=0; PF_LINE=""; PFR_OK=0; PFR_LINE=""
-# run_postfix MODE: MODE maildir (virtual delivery to a maildir; results in PF_*)
-# or relay (relay to smtp-sink; results in PFR_*).  P_LINE: the failure.
+PF_OK=0; PF_LINE=""; PFR_OK=0; PFR_LINE=""; PFT_OK=0; PFT_LINE=""
+# run_postfix MODE: MODE maildir (virtual delivery to a maildir; results in PF_*),
+# relay (relay to smtp-sink; results in PFR_*) or tls (maildir delivery with STARTTLS
+# offered, tls_load.py as the client; results in PFT_*).  P_LINE: the failure.
 run_postfix() {
     local mode=$1 pfx=PF base="$WORK/postfix"
     [[ $mode == relay ]] && { pfx=PFR; base="$WORK/postfix-relay"; }
+    [[ $mode == tls ]] && { pfx=PFT; base="$WORK/postfix-tls"; }
     if postfix_run "$mode" "$pfx" "$base"; then
         printf -v "${pfx}_OK" 1
     else
@@ -441,7 +523,7 @@ run_postfix() {
 
 postfix_run() {  # MODE PREFIX BASE-DIR
     local mode=$1 pfx=$2 base=$3 name=postfix
-    [[ $mode == relay ]] && name=postfix-relay
+    [[ $mode == maildir ]] || name=postfix-$mode
     P_LINE=""
     fresh_fs "$base"
     PF_ETC="$base/etc"; PF_Q="$base/queue"
@@ -479,7 +561,7 @@ smtpd_banner = \$myhostname ESMTP
 maillog_file = $maillog
 maillog_file_prefixes = $base
 EOF
-    if [[ $mode == maildir ]]; then
+    if [[ $mode != relay ]]; then
         cat >>"$PF_ETC/main.cf" <<EOF
 virtual_mailbox_domains = example.test
 virtual_mailbox_base = $vmail
@@ -501,6 +583,18 @@ smtp_tls_security_level = none
 # the default (default_destination_concurrency_limit), as Sluice's destination_concurrency
 relay_destination_concurrency_limit = 20
 EOF
+    fi
+    local tlsmgr=""
+    if [[ $mode == tls ]]; then
+        # STARTTLS offered, the same certificate as Sluice's; the TLS details go into
+        # Received: so that the run can check that every message came over TLS.
+        cat >>"$PF_ETC/main.cf" <<EOF
+smtpd_tls_cert_file = $TLS_DIR/cert.pem
+smtpd_tls_key_file = $TLS_DIR/key.pem
+smtpd_tls_security_level = may
+smtpd_tls_received_header = yes
+EOF
+        tlsmgr="tlsmgr    unix  -       -       n       1000?   1       tlsmgr"
     fi
 
     cat >"$PF_ETC/master.cf" <<EOF
@@ -529,6 +623,7 @@ lmtp      unix  -       -       n       -       -       lmtp
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
+$tlsmgr
 EOF
 
     port_listening "$PF_PORT" && { P_LINE="port $PF_PORT is already in use"; return 1; }
@@ -554,12 +649,26 @@ EOF
     fi
     log "$name: private instance up (config $PF_ETC)"
 
+    local MESSAGES=$MESSAGES LOAD=("${LOAD[@]}") LOAD_NAME=$LOAD_NAME mpid cpu0=0
+    mpid=$(tr -d ' \n' < "$PF_Q/pid/master.pid" 2>/dev/null || true)
+    if [[ $mode == tls ]]; then tls_load; cpu0=$(tree_cpu "$mpid"); fi
     if ! measure "$name" "$PF_PORT" "$kind" "$target" --pidfile "$PF_Q/pid/master.pid"; then
         P_LINE="$R_ERR"
         [[ -f $maillog ]] && log "$name maillog tail:" && tail -n 5 "$maillog" >&2
         stop_private_postfix
         stop_sink
         return 1
+    fi
+    if [[ $mode == tls ]]; then
+        # shellcheck disable=SC2034  # PFT_SERVER_CPU and PFT_CLIENT are read by tls_details
+        PFT_SERVER_CPU=$(fcalc %.2f "$(tree_cpu "$mpid") - $cpu0")
+        if ! tls_check "$target" '(using TLS'; then
+            P_LINE=$TLS_LINE
+            stop_private_postfix
+            return 1
+        fi
+        # shellcheck disable=SC2034
+        PFT_CLIENT=$TLS_CLIENT
     fi
     save_result "$pfx"
     stop_private_postfix
@@ -786,6 +895,40 @@ EOF
     SLS_OK=1
 }
 
+# ---------------------------------------------------------------- sluice with tls
+# The maildir run with [tls] (STARTTLS on the smtp listener) and tls_load.py as the client.
+SLT_OK=0; SLT_LINE=""
+run_sluice_tls() {
+    local dir="$WORK/sluice-tls"
+    fresh_fs "$dir"
+    write_sluice_conf "$dir" "$SL_PORT" \
+        $'\n[tls]\ncertificate = "'"$TLS_DIR/cert.pem"$'"\nkey = "'"$TLS_DIR/key.pem"$'"\n'
+    start_sluice "$dir" || { SLT_LINE="$SL_LINE"; return 1; }
+    log "sluice-tls: up (pid $SL_PID, config $dir/pipeline.conf)"
+    local ok=1 newdir="$dir/mail/example.test/bench/new" cpu0
+    local MESSAGES=$MESSAGES LOAD=("${LOAD[@]}") LOAD_NAME=$LOAD_NAME
+    tls_load
+    cpu0=$(tree_cpu "$SL_PID")
+    measure sluice-tls "$SL_PORT" maildir "$newdir" --pid "$SL_PID" || ok=0
+    # shellcheck disable=SC2034  # SLT_SERVER_CPU and SLT_CLIENT are read by tls_details
+    SLT_SERVER_CPU=$(fcalc %.2f "$(tree_cpu "$SL_PID") - $cpu0")
+    local alive=1
+    pid_alive "$SL_PID" || alive=0
+    stop_sluice
+    SLT_TERM=$SL_STOP_STATUS
+    if (( ! ok )); then
+        SLT_LINE="$R_ERR"
+        (( alive )) || SLT_LINE+="; sluice died: $(tailf "$dir/sluice.log")"
+        return 1
+    fi
+    (( alive )) || { SLT_LINE="sluice died during the run: $(tailf "$dir/sluice.log")"; return 1; }
+    tls_check "$newdir" 'with ESMTPS' || { SLT_LINE=$TLS_LINE; return 1; }
+    # shellcheck disable=SC2034
+    SLT_CLIENT=$TLS_CLIENT
+    save_result SLT
+    SLT_OK=1
+}
+
 # ---------------------------------------------------------------- run
 if (( RUN_MAILDIR )); then
     if (( RUN_POSTFIX )); then
@@ -808,12 +951,29 @@ if (( RUN_RELAY )); then
         run_sluice_accept || { FAILED=1; log "sluice-accept: FAILED: $SLA_LINE"; }
     fi
 fi
+if (( RUN_TLS )); then
+    if ! make_tls_cert; then
+        FAILED=1
+        PFT_LINE="openssl could not make the certificate: $(tailf "$WORK/tls/openssl.log")"
+        SLT_LINE=$PFT_LINE
+        log "tls: FAILED: $PFT_LINE"
+    else
+        if (( RUN_POSTFIX )); then
+            run_postfix tls || { FAILED=1; log "postfix-tls: FAILED: $PFT_LINE"; }
+        fi
+        if (( RUN_SLUICE )); then
+            run_sluice_tls || { FAILED=1; log "sluice-tls: FAILED: $SLT_LINE"; }
+        fi
+    fi
+fi
 
 # ---------------------------------------------------------------- summary
 mb() { fcalc %.1f "$1 / 1024"; }
 echo
 echo "== details =="
-echo "load: smtp-source ${SRC_FLAGS[*]} (messages=$MESSAGES sessions=$SESSIONS size=$SIZE reuse=$REUSE)"
+if (( RUN_MAILDIR || RUN_RELAY )); then
+    echo "load: smtp-source ${SRC_FLAGS[*]} (messages=$MESSAGES sessions=$SESSIONS size=$SIZE reuse=$REUSE)"
+fi
 if (( PF_OK )); then
     echo "postfix: client done after $PF_SRC s, last delivery at $PF_ELAPSED s; RSS/PSS summed over up to $PF_PROCS processes"
 fi
@@ -836,6 +996,20 @@ fi
 if (( SLA_OK )); then
     echo "accept alone:  client done after $SLA_SRC s; $SLA_DEFERRED delivery attempts refused and deferred; peak RSS $(mb "$SLA_RSS_KB") MB; $SLA_TERM"
 fi
+if (( RUN_TLS )); then
+    echo "tls:     tls_load.py, a new connection per message (EHLO, STARTTLS, a full handshake, EHLO, one message, QUIT), $SESSIONS sessions in $TLS_PROCS process(es), $TLS_MESSAGES msgs, $TLS_KEY certificate"
+fi
+# tls_details LABEL PREFIX [TRAILER]: the negotiated TLS and where the CPU went.
+tls_details() {
+    local client=${2}_CLIENT src=${2}_SRC el=${2}_ELAPSED srv=${2}_SERVER_CPU all=${2}_CPU
+    local tls cpu
+    tls=$(sed -n 's/.* tls=\([^ ]*\).*/\1/p' <<<"${!client}")
+    cpu=$(sed -n 's/.* cpu=\([0-9.]*\).*/\1/p' <<<"${!client}")
+    printf '%s client done after %s s, last delivery at %s s; %s; CPU seconds: server %s, client %s, whole machine %s of %s%s\n' \
+        "$1" "${!src}" "${!el}" "${tls:-?}" "${!srv}" "${cpu:-?}" "${!all}" "$(fcalc %.1f "$(nproc) * ${!el}")" "${3:-}"
+}
+(( PFT_OK )) && tls_details "tls postfix:" PFT
+(( SLT_OK )) && tls_details "tls sluice: " SLT "; $SLT_TERM"
 echo
 echo "== summary =="
 if (( RUN_MAILDIR && RUN_POSTFIX )); then
@@ -917,6 +1091,25 @@ if (( RUN_RELAY && RUN_SLUICE )); then
         printf 'acceptance with delivery on: %.0f msgs/s = %d%% of acceptance alone (target >= %d%%)%s\n' \
             "$SLR_ACC_RATE" "$pct" "$ACCEPT_TARGET" "$verdict"
     fi
+fi
+if (( RUN_TLS && RUN_POSTFIX )); then
+    if (( PFT_OK )); then
+        printf 'tls postfix: %d msgs in %.2f s = %.0f msgs/s, peak RSS %s MB (PSS %s MB)\n' \
+            "$TLS_MESSAGES" "$PFT_ELAPSED" "$PFT_RATE" "$(mb "$PFT_RSS_KB")" "$(mb "$PFT_PSS_KB")"
+    else
+        echo "tls postfix: FAILED: $PFT_LINE"
+    fi
+fi
+if (( RUN_TLS && RUN_SLUICE )); then
+    if (( SLT_OK )); then
+        printf 'tls sluice:  %d msgs in %.2f s = %.0f msgs/s, peak RSS %s MB (PSS %s MB)\n' \
+            "$TLS_MESSAGES" "$SLT_ELAPSED" "$SLT_RATE" "$(mb "$SLT_RSS_KB")" "$(mb "$SLT_PSS_KB")"
+    else
+        echo "tls sluice:  FAILED: $SLT_LINE"
+    fi
+fi
+if (( PFT_OK && SLT_OK )); then
+    echo "tls ratio sluice/postfix: $(fcalc %.2f "$SLT_RATE / $PFT_RATE")"
 fi
 
 (( FAILED )) && exit 1
