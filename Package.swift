@@ -52,6 +52,7 @@ let package = Package(
         ]),
         .target(name: "SluiceStages", dependencies: [
             "SMTPCore", "SluiceStageAPI", "CSPF2", "COpenDKIM", "COpenDMARC",
+            .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .target(name: "SluiceRuntime", dependencies: [

@@ -149,7 +149,8 @@ public struct StageChain: Sendable {
                 decision = StageDecision(verdict)
             }
             let phase = StagePhase.endOfMessage.rawValue
-            trace.append(TraceEntry(stage: entry.name, phase: phase, outcome: failure ?? decision.verdict.description, micros: micros))
+            let outcome = failure ?? decision.verdict.description + (decision.note.map { " [\($0)]" } ?? "")
+            trace.append(TraceEntry(stage: entry.name, phase: phase, outcome: outcome, micros: micros))
             for edit in decision.edits {
                 draft.apply(edit)
                 trace.append(TraceEntry(stage: entry.name, phase: phase, outcome: "edit: \(edit)", micros: 0))

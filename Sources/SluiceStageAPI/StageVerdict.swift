@@ -44,9 +44,12 @@ public enum StageVerdict: Sendable, Hashable, CustomStringConvertible {
 public struct StageDecision: Sendable, Hashable {
     public var verdict: StageVerdict
     public var edits: [MessageEdit]
+    /// A short note for the stage trace (`sluice queue show`, the transaction log line), e.g. a score.
+    public var note: String?
 
-    public init(_ verdict: StageVerdict = .continue, edits: [MessageEdit] = []) {
+    public init(_ verdict: StageVerdict = .continue, edits: [MessageEdit] = [], note: String? = nil) {
         self.verdict = verdict
         self.edits = edits
+        self.note = note
     }
 }

@@ -10,5 +10,6 @@ public enum BuiltinStages {
         DKIMVerifyStage.factory,
         DKIMSignStage.factory,
         DMARCStage.factory,
+        SpamStage.factory,
     ]
 }
