@@ -92,6 +92,7 @@ public final class Gateway: Sendable {
         session.makeQueueID = QueueID.make
         session.hasFreeSpace = { spool.hasFreeSpace() }
         if let senderLogin { session.senderLogin = { senderLogin.allows(user: $0, sender: $1) } }
+        if let failures = auth?.failures { session.authBlocked = { failures.count($0) >= failures.maxFailures } }
         if !config.etrnFrom.isEmpty { session.etrn = { delivery.flush(domain: $0) } }
         var smtpLogger = logger
         smtpLogger[metadataKey: "component"] = "smtpd"

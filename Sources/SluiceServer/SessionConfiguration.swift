@@ -26,6 +26,8 @@ public struct SessionConfiguration: Sendable {
     public var etrn: (@Sendable (String) -> Int)?
     /// `[auth] sender_login`: whether an authenticated user may use a MAIL FROM address.
     public var senderLogin: (@Sendable (String, ReversePath) -> Bool)?
+    /// True when a client address has used up `[auth] max_failures`: AUTH then gets 421 at once.
+    public var authBlocked: (@Sendable (String) -> Bool)?
     /// Makes the queue id of a new transaction (at MAIL, as Postfix does).
     public var makeQueueID: @Sendable () -> String = { "" }
 

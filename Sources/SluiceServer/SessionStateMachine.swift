@@ -276,6 +276,10 @@ public struct SessionStateMachine: Sendable {
         guard session.tls != nil else {
             return fail(SMTPReply(538, "5.7.11", "Encryption required for requested authentication mechanism"))
         }
+        if configuration.authBlocked?(session.clientAddress) == true {
+            phase = .closed
+            return .sendAndClose(SMTPReply(421, "4.7.0", "\(configuration.hostname) Error: too many authentication failures"))
+        }
         let parts = argument.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
         guard let name = parts.first, let mechanism = SASL.Mechanism(rawValue: name.uppercased()) else {
             return fail(SMTPReply(504, "5.5.4", "Unrecognized authentication type"))
