@@ -217,3 +217,27 @@ enum AddressLiteral {
         return inet_pton(AF_INET6, String(decoding: content, as: UTF8.self), &address) == 1
     }
 }
+
+extension Mailbox {
+    /// A mailbox written `<local@domain>` or `local@domain` (as milters and config files write
+    /// them), by the same grammar as RCPT TO; nil when it does not parse.
+    public init?(path text: String) {
+        let inner = text.hasPrefix("<") && text.hasSuffix(">") ? String(text.dropFirst().dropLast()) : text
+        var parser = PathParser(bytes: Array("<\(inner)>".utf8), index: 0, limits: SMTPLimits(), utf8: true)
+        guard case .mailbox(let m)? = try? parser.forwardPath(), parser.index == parser.bytes.count else { return nil }
+        self = m
+    }
+}
+
+extension ReversePath {
+    /// `<>` or a mailbox, written with or without angle brackets.
+    public init?(path text: String) {
+        if text == "<>" || text.isEmpty {
+            self = .null
+        } else if let m = Mailbox(path: text) {
+            self = .mailbox(m)
+        } else {
+            return nil
+        }
+    }
+}

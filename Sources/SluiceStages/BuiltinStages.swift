@@ -11,5 +11,6 @@ public enum BuiltinStages {
         DKIMSignStage.factory,
         DMARCStage.factory,
         SpamStage.factory,
+        MilterStage.factory,
     ]
 }
