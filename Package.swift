@@ -8,6 +8,8 @@ let package = Package(
         .executable(name: "sluice", targets: ["sluice"]),
         /// The public API for stage authors: depend on this to write a stage.
         .library(name: "SluiceStageAPI", targets: ["SluiceStageAPI"]),
+        /// Drive a stage through a session in unit tests, without sockets.
+        .library(name: "SluiceStageTesting", targets: ["SluiceStageTesting"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -27,6 +29,10 @@ let package = Package(
         .systemLibrary(name: "COpenDKIM", providers: [.apt(["libopendkim-dev"])]),
         .systemLibrary(name: "COpenDMARC", providers: [.apt(["libopendmarc-dev"])]),
         .target(name: "SluiceDNS", dependencies: ["CUnbound", "SluiceStageAPI"]),
+        .target(name: "SluiceStageTesting", dependencies: [
+            "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceDNS",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .target(name: "SluiceStageAPI", dependencies: [
             "SMTPCore",
             .product(name: "Logging", package: "swift-log"),
@@ -74,6 +80,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "SMTPCoreTests", dependencies: ["SMTPCore"]),
+        .testTarget(name: "SluiceStageTestingTests", dependencies: ["SluiceStageTesting", "SluiceStages", "SluiceStageAPI", "SluiceDNS", "SMTPCore"]),
         .testTarget(name: "SluiceServerTests", dependencies: [
             "SluiceServer", "SMTPCore", "SluiceStageAPI",
             .product(name: "NIOCore", package: "swift-nio"),
