@@ -1,6 +1,7 @@
 import Logging
 import SluicePipeline
 import SluiceStageAPI
+import LocalStages
 import SluiceStages
 
 /// The stages `pipeline.conf` can name, by `use`.
@@ -8,7 +9,7 @@ public struct StageRegistry: Sendable {
     private var factories: [String: StageFactory] = [:]
     public private(set) var names: [String] = []
 
-    public init(_ factories: [StageFactory] = BuiltinStages.all) {
+    public init(_ factories: [StageFactory] = BuiltinStages.all + LocalStages.all) {
         for f in factories { register(f) }
     }
 

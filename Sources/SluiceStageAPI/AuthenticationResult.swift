@@ -25,8 +25,22 @@ public struct AuthenticationResult: Sendable, Hashable, Codable {
     public var resinfo: String {
         var s = "\(method)=\(result)"
         if let reason { s += " (\(reason))" }
-        for p in properties { s += " \(p.name)=\(p.value)" }
+        for p in properties { s += " \(p.name)=\(Self.pvalue(p.value))" }
         return s
+    }
+
+    /// RFC 8601 2.2 pvalue: a token or `local@domain` as it is, anything else quoted.
+    static func pvalue(_ v: String) -> String {
+        let specials = Set("()<>@,;:\\\"/[]?= \t")
+        let isToken = !v.isEmpty && v.allSatisfy { $0.isASCII && !$0.isWhitespace && $0.asciiValue! > 0x20 && $0.asciiValue! < 0x7F && !specials.contains($0) }
+        if isToken { return v }
+        let dotAtom = Set("!#$%&'*+-/=?^_`{|}~.")
+        if let at = v.lastIndex(of: "@"), v.firstIndex(of: "@") == at, at != v.startIndex,
+           v.allSatisfy({ $0 == "@" || ($0.isASCII && ($0.isLetter || $0.isNumber || dotAtom.contains($0))) }),
+           v[v.index(after: at)...].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" }) {
+            return v
+        }
+        return "\"" + v.replacingBackslashesAndQuotes() + "\""
     }
 }
 
@@ -42,4 +56,15 @@ public final class ResultRecorder: Sendable {
     }
 
     public var all: [AuthenticationResult] { store[Self.key] ?? [] }
+}
+
+private extension String {
+    func replacingBackslashesAndQuotes() -> String {
+        var out = ""
+        for c in self {
+            if c == "\\" || c == "\"" { out.append("\\") }
+            if c.isASCII && c.asciiValue! >= 0x20 && c.asciiValue! < 0x7F { out.append(c) }
+        }
+        return out
+    }
 }

@@ -1,4 +1,5 @@
-import SMTPCore
+// Stage authors get the SMTP grammar types (SMTPReply, Mailbox, ...) with the stage API.
+@_exported import SMTPCore
 
 /// What a stage decides at a phase. The first verdict other than `continue` ends the phase.
 public enum StageVerdict: Sendable, Hashable, CustomStringConvertible {
@@ -20,6 +21,11 @@ public enum StageVerdict: Sendable, Hashable, CustomStringConvertible {
     /// `reject(550, "5.7.1", "text")`.
     public static func reject(_ code: Int, _ enhanced: String, _ text: String) -> StageVerdict {
         .reject(SMTPReply(code, enhanced, text))
+    }
+
+    /// `disconnect(421, "4.7.0", "text")`.
+    public static func disconnect(_ code: Int, _ enhanced: String, _ text: String) -> StageVerdict {
+        .disconnect(SMTPReply(code, enhanced, text))
     }
 
     /// `tempfail(451, "4.7.1", "text")`.

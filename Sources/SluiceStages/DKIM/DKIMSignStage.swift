@@ -91,6 +91,11 @@ public struct DKIMSignStage: Stage {
         }
         headerCanon = h
         bodyCanon = b
+        // libopendkim 2.11 makes ed25519 signatures that do not verify with simple header
+        // canonicalization (the body hash is right, the header signature wrong).
+        if h == DKIM_CANON_SIMPLE, keys.contains(where: { $0.algorithm == DKIM_SIGN_ED25519SHA256 }) {
+            throw config.error("canonicalization", "ed25519-sha256 keys need relaxed header canonicalization (libopendkim signs simple/* wrongly): use \"relaxed/\(parts.count == 2 ? parts[1] : "simple")\"")
+        }
         let headers = try config.strings("headers", default: Self.defaultHeaders)
         guard headers.contains(where: { $0.caseInsensitiveEquals("From") }) else {
             throw config.error("headers", "From must be signed (RFC 6376 5.4)")

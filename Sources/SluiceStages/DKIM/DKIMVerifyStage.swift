@@ -186,7 +186,11 @@ extension DKIMVerifyStage {
                 var length = prefix.count
                 _ = dkim_get_sigsubstring(dkim, sig, &prefix, &length)
                 let b = String(String(cString: prefix).prefix(8))
-                let (result, reason) = Self.verdict(sig, algorithm: algorithm)
+                var (result, reason) = Self.verdict(sig, algorithm: algorithm)
+                if result != "pass", case .error? = keys.answer("\(selector)._domainkey.\(domain)") {
+                    // libopendkim does not mark a key lookup that had to be tried again.
+                    (result, reason) = ("temperror", "key lookup failed")
+                }
                 return SignatureResult(domain: domain, selector: selector, algorithm: algorithm, result: result, reason: reason, signaturePrefix: b)
             }
         }

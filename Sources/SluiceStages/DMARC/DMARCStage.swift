@@ -159,28 +159,39 @@ public struct DMARCStage: Stage {
         }
     }
 
-    /// Address domains in a From field value (`a@x, "B" <b@y>`).
+    /// Address domains in a From field value (RFC 5322 3.4 mailbox-list / group): quoted
+    /// strings and comments (with quoted pairs, nested comments) are skipped, a group's display
+    /// name and its ";" are not addresses.
     static func domains(in value: String) -> [String] {
         var out: [String] = []
-        var depth = 0, quoted = false
         var current = ""
-        for c in value {
-            if quoted {
-                if c == "\"" { quoted = false }
-                continue
-            }
+        var chars = Array(value)[...]
+        func flush() {
+            out += domain(of: current).map { [$0] } ?? []
+            current = ""
+        }
+        while let c = chars.popFirst() {
             switch c {
-            case "\"": quoted = true
-            case "(": depth += 1
-            case ")": depth = max(0, depth - 1)
-            case "," where depth == 0:
-                out += domain(of: current).map { [$0] } ?? []
-                current = ""
+            case "\"":
+                // A quoted string: skipped whole, escapes included.
+                while let q = chars.popFirst(), q != "\"" { if q == "\\" { _ = chars.popFirst() } }
+                current.append(" ")
+            case "(":
+                var depth = 1
+                while depth > 0, let q = chars.popFirst() {
+                    if q == "\\" { _ = chars.popFirst() } else if q == "(" { depth += 1 } else if q == ")" { depth -= 1 }
+                }
+                current.append(" ")
+            case ":":
+                // "display-name :" starts a group unless inside an angle address (a source route).
+                if current.contains("<") { current.append(c) } else { current = "" }
+            case ";", ",":
+                if current.contains("<") && !current.contains(">") { current.append(c) } else { flush() }
             default:
-                if depth == 0 { current.append(c) }
+                current.append(c)
             }
         }
-        out += domain(of: current).map { [$0] } ?? []
+        flush()
         return out
     }
 
@@ -188,7 +199,7 @@ public struct DMARCStage: Stage {
         var m = Substring(mailbox)
         if let lt = m.lastIndex(of: "<"), let gt = m[lt...].firstIndex(of: ">") { m = m[m.index(after: lt)..<gt] }
         guard let at = m.lastIndex(of: "@") else { return nil }
-        let d = m[m.index(after: at)...].filter { !$0.isWhitespace && $0 != ">" }
+        let d = m[m.index(after: at)...].filter { !$0.isWhitespace && $0 != ">" && $0 != ";" }
         return d.isEmpty ? nil : String(d)
     }
 }
@@ -266,7 +277,12 @@ enum DMARCLibrary {
         var text = Array(record.utf8) + [0]
         var domain = Array(policyDomain.utf8) + [0]
         var org = Array(organizationalDomain.utf8) + [0]
-        guard opendmarc_policy_store_dmarc(ctx, &text, &domain, &org) == DMARC_PARSE_OKAY else {
+        // The From domain's own record is judged by p=; sp= applies only to a record found at
+        // the organizational domain (RFC 7489 6.6.3), which libopendmarc infers from `org`.
+        let stored = policyDomain == fromDomain
+            ? opendmarc_policy_store_dmarc(ctx, &text, &domain, nil)
+            : opendmarc_policy_store_dmarc(ctx, &text, &domain, &org)
+        guard stored == DMARC_PARSE_OKAY else {
             return Outcome(result: "permerror", policy: "invalid", disposition: "none", pct: 100)
         }
         var p: Int32 = 0, sp: Int32 = 0, pct: Int32 = 100
