@@ -10,6 +10,8 @@ let package = Package(
         .library(name: "SluiceStageAPI", targets: ["SluiceStageAPI"]),
         /// Drive a stage through a session in unit tests, without sockets.
         .library(name: "SluiceStageTesting", targets: ["SluiceStageTesting"]),
+        .plugin(name: "NewStage", targets: ["NewStage"]),
+        .plugin(name: "StageRegistration", targets: ["StageRegistration"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -29,6 +31,16 @@ let package = Package(
         .systemLibrary(name: "COpenDKIM", providers: [.apt(["libopendkim-dev"])]),
         .systemLibrary(name: "COpenDMARC", providers: [.apt(["libopendmarc-dev"])]),
         .target(name: "SluiceDNS", dependencies: ["CUnbound", "SluiceStageAPI"]),
+        .executableTarget(name: "StageRegistryGenerator"),
+        .plugin(name: "StageRegistration", capability: .buildTool(), dependencies: ["StageRegistryGenerator"]),
+        .plugin(
+            name: "NewStage",
+            capability: .command(
+                intent: .custom(verb: "new-stage", description: "Scaffold a stage, its test and its config documentation in the local stages target"),
+                permissions: [.writeToPackageDirectory(reason: "writes the new stage's source and test files")]
+            )
+        ),
+        .target(name: "LocalStages", dependencies: ["SluiceStageAPI"], plugins: ["StageRegistration"]),
         .target(name: "SluiceStageTesting", dependencies: [
             "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceDNS",
             .product(name: "Logging", package: "swift-log"),
@@ -62,7 +74,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .target(name: "SluiceRuntime", dependencies: [
-            "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceSpool", "SluiceServer", "SluiceStages", "SluiceDNS",
+            "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceSpool", "SluiceServer", "SluiceStages", "SluiceDNS", "LocalStages",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
@@ -80,6 +92,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "SMTPCoreTests", dependencies: ["SMTPCore"]),
+        .testTarget(name: "LocalStagesTests", dependencies: ["LocalStages", "SluiceStageAPI", "SluiceStageTesting", "SluiceDNS"]),
         .testTarget(name: "SluiceStageTestingTests", dependencies: ["SluiceStageTesting", "SluiceStages", "SluiceStageAPI", "SluiceDNS", "SMTPCore"]),
         .testTarget(name: "SluiceServerTests", dependencies: [
             "SluiceServer", "SMTPCore", "SluiceStageAPI",
