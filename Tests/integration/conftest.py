@@ -564,12 +564,15 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(autouse=True)
-def _per_test_timeout():
-    """Hard bound on every test (no pytest-timeout plugin available)."""
+def _per_test_timeout(request):
+    """Hard bound on every test (no pytest-timeout plugin available); a test that builds the
+    package says how long it may take with @pytest.mark.timeout_s(seconds)."""
+    marker = request.node.get_closest_marker("timeout_s")
+    limit = int(marker.args[0]) if marker else PER_TEST_TIMEOUT
     def on_alarm(signum, frame):
-        raise TimeoutError(f"test exceeded {PER_TEST_TIMEOUT}s")
+        raise TimeoutError(f"test exceeded {limit}s")
     old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(PER_TEST_TIMEOUT)
+    signal.alarm(limit)
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, old)
