@@ -558,12 +558,18 @@ public struct SessionStateMachine: Sendable {
             phase = .closed
             return .sendAndClose(reply)
         }
+        // A stage's 421 means the service is closing the channel (RFC 5321 3.8).
+        if case .tempfail(let r) = verdict, r.code == 421 {
+            phase = .closed
+            return .sendAndClose(r)
+        }
         switch stagePhase {
         case .connect:
             switch verdict {
             case .reject(let r):
                 phase = .closed
-                return .sendAndClose(r)
+                // At connection only 220 and 554 are allowed (RFC 5321 4.3.2).
+                return .sendAndClose(r.code == 554 ? r : SMTPReply(554, r.enhancedCode, r.lines))
             case .tempfail(let r):
                 phase = .closed
                 return .sendAndClose(SMTPReply(421, r.enhancedCode, r.lines))

@@ -123,6 +123,10 @@ final class MilterSession: @unchecked Sendable {
             case .accept:
                 if command == .connect || command == .helo { acceptedSession = true } else { acceptedTransaction = true }
                 return .continue
+            case .discard:
+                // libmilter answers nothing more for a discarded transaction (or session).
+                if command == .connect || command == .helo { acceptedSession = true } else { acceptedTransaction = true }
+                return .discard
             default:
                 return try verdict(reply, payload)
             }

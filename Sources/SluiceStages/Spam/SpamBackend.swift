@@ -80,15 +80,15 @@ enum SpamScanner {
         let (host, port): (String, Int) = switch backend {
         case .spamd(let h, let p), .rspamd(let h, let p): (h, p)
         }
+        let ms = deadline.components.seconds * 1000 + deadline.components.attoseconds / 1_000_000_000_000_000
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connectTimeout(.milliseconds(Int64(min(deadline.components.seconds * 1000, 10_000))))
+            .connectTimeout(.milliseconds(max(1, min(ms, 10_000))))
             .connect(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
                 }
             }
         // The whole exchange is bounded: past the deadline the connection is closed under it.
-        let ms = deadline.components.seconds * 1000 + deadline.components.attoseconds / 1_000_000_000_000_000
         let watchdog = channel.channel.eventLoop.scheduleTask(in: .milliseconds(ms)) { channel.channel.close(promise: nil) }
         defer { watchdog.cancel() }
         let reply: ByteBuffer = try await channel.executeThenClose { inbound, outbound in
@@ -122,6 +122,16 @@ enum SpamScanner {
         case .spamd: return try parseSpamd(Array(reply.readableBytesView))
         case .rspamd: return try parseRspamd(Array(reply.readableBytesView))
         }
+    }
+
+    /// A symbol name as it may go into a header field and a log line: letters, digits, `_.-`,
+    /// at most 64 characters; anything else from a scanner is dropped.
+    static func symbol(_ raw: String) -> String? {
+        let s = raw.trimmingCharacters(in: .whitespaces)
+        guard !s.isEmpty, s.count <= 64,
+              s.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || "_.-".unicodeScalars.contains($0)) })
+        else { return nil }
+        return s
     }
 
     /// An HTTP response whose Content-Length octets have all arrived.
@@ -158,7 +168,7 @@ enum SpamScanner {
             throw Failure(description: "spamd: malformed \(spam.debugDescription)")
         }
         let body = parts.count > 1 ? parts[1...].joined(separator: "\r\n\r\n") : ""
-        let symbols = body.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ",").map(String.init).filter { !$0.isEmpty }
+        let symbols = body.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ",").compactMap { symbol(String($0)) }
         return SpamVerdict(score: score, required: required, symbols: symbols, action: nil, isSpam: isSpam)
     }
 
@@ -177,7 +187,7 @@ enum SpamScanner {
         }
         let required = (json["required_score"] as? NSNumber)?.doubleValue ?? 15
         let action = json["action"] as? String
-        let symbols = (json["symbols"] as? [String: Any]).map { Array($0.keys).sorted() } ?? []
+        let symbols = (json["symbols"] as? [String: Any]).map { $0.keys.compactMap(symbol).sorted() } ?? []
         let isSpam = action == "reject" || action == "add header" || action == "rewrite subject" || score >= required
         return SpamVerdict(score: score, required: required, symbols: symbols, action: action, isSpam: isSpam)
     }

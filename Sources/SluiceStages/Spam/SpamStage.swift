@@ -137,18 +137,35 @@ public struct SpamStage: Stage {
             return StageDecision(.reject(550, "5.7.1", "Spam message rejected (score \(score) >= \(Self.format(r)))"))
         }
         if addHeaders {
-            let tests = v.symbols.prefix(50).joined(separator: ",")
+            let tests = Self.folded(v.symbols.prefix(50).map { $0 })
             edits = [
                 .insertHeader(index: 0, name: flagHeader, value: spam ? " YES" : " NO"),
                 .insertHeader(index: 0, name: scoreHeader, value: " \(score)"),
                 .insertHeader(index: 0, name: statusHeader,
-                              value: " \(spam ? "Yes" : "No"), score=\(score) required=\(Self.format(v.required))\r\n\ttests=\(tests.isEmpty ? "none" : tests)"),
+                              value: " \(spam ? "Yes" : "No"), score=\(score) required=\(Self.format(v.required))\r\n\ttests=\(tests)"),
             ]
         }
         if let q = quarantineScore, v.score >= q {
             return StageDecision(.quarantine(reason: "spam score \(score) >= \(Self.format(q))"), edits: edits)
         }
         return StageDecision(.continue, edits: edits)
+    }
+
+    /// The symbols, comma-separated, folded so no line passes 78 octets (RFC 5322 2.1.1).
+    static func folded(_ symbols: [String]) -> String {
+        guard !symbols.isEmpty else { return "none" }
+        var out = ""
+        var line = "\ttests=".count
+        for (i, s) in symbols.enumerated() {
+            let piece = s + (i < symbols.count - 1 ? "," : "")
+            if line + piece.count > 78 && line > 8 {
+                out += "\r\n\t"
+                line = 1
+            }
+            out += piece
+            line += piece.count
+        }
+        return out
     }
 
     static func format(_ x: Double) -> String {
