@@ -9,7 +9,7 @@ pkgs=(libspf2-dev libunbound-dev libopendkim-dev libopendmarc-dev libcrypt-dev p
 case "$what" in
   build) ;;
   run)   pkgs+=(swaks) ;;
-  test)  pkgs+=(swaks postfix openssl python3-pytest python3-aiosmtpd python3-dnslib python3-yaml python3-pip python3-dkim opendkim opendkim-tools spamassassin spamc spamass-milter python3-milter procps) ;;
+  test)  pkgs+=(swaks postfix openssl python3-pytest python3-aiosmtpd python3-dnslib python3-yaml python3-pip python3-dkim opendkim opendkim-tools spamassassin spamc spamass-milter rspamd python3-milter procps) ;;
   bench) pkgs+=(postfix python3 python3-dnslib procps) ;;
   *) echo "usage: $0 build|run|test|bench" >&2; exit 2 ;;
 esac

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Sluice benchmark harness: Postfix baseline vs Sluice (maildir delivery, then
 # relay to an smtp-sink next hop), an idle-connection memory check,
-# Sluice's acceptance rate with delivery on vs alone, and the maildir run over STARTTLS
-# with one connection per message (tls_load.py).  See scripts/bench/README.md.
+# Sluice's acceptance rate with delivery on vs alone, the maildir run over STARTTLS
+# with one connection per message (tls_load.py), the cost of spf + dkim-verify + dmarc
+# on DKIM-signed mail, a spamd scan (Sluice's spam stage vs Postfix + spamass-milter) and
+# an opendkim signing milter on both servers.  See scripts/bench/README.md.
 #
 #   SLUICE_BIN=.build/release/sluice bash scripts/bench/run.sh
 #
@@ -18,13 +20,30 @@
 #   BENCH_ONLY            all, or a comma list of servers (postfix, sluice) and/or
 #                         scenarios (maildir = maildir throughput + idle check, relay,
 #                         spf = the maildir run again with the spf stage,
-#                         tls = maildir delivery over STARTTLS, a connection per message);
+#                         auth = a DKIM-signed message with and without spf + dkim-verify
+#                         + dmarc (Sluice only),
+#                         tls = maildir delivery over STARTTLS, a connection per message,
+#                         spam = spamd: Sluice's spam stage vs Postfix + spamass-milter,
+#                         milter = an opendkim signing milter on both servers);
 #                         an omitted kind means all of that kind  (all)
 #   BENCH_ACCEPT_TARGET   % of the acceptance rate alone that acceptance with delivery
 #                         on must reach                          (80)
 #   BENCH_SPF_TARGET      % of the maildir rate that the same run with the spf stage
 #                         (warm cache, local DNS) must reach     (80)
-#   BENCH_DNS_PORT        (2629)   the local DNS server (dnslib) for the spf run
+#   BENCH_DNS_PORT        (2629)   the local DNS server (dnslib) for the spf and auth runs
+#   BENCH_AUTH_TARGET     % of the rate without them that the auth run (spf + dkim-verify +
+#                         dmarc, warm DNS) must reach            (70)
+#   BENCH_SPAM_MESSAGES   messages in each spam run              (500)
+#   BENCH_SPAM_TIMEOUT    BENCH_TIMEOUT of the spam runs (spamd scans a few messages a
+#                         second on a busy 2-core machine)       (900)
+#   BENCH_SPAM_TARGET     % of Postfix + spamass-milter's rate that Sluice's spam stage
+#                         must reach                             (90)
+#   BENCH_SPAMD_PORT      (2630)   spamd, both spam runs      loopback only
+#   BENCH_SPAMD_CHILDREN  spamd's children (--min/--max-children)   (4)
+#   BENCH_SPAMASS_PORT    (2631)   spamass-milter (Postfix's spam run)
+#   BENCH_MILTER_TARGET   % of Postfix's rate with the opendkim milter that Sluice's must
+#                         reach                                  (100)
+#   BENCH_OPENDKIM_PORT   (2632)   opendkim, both milter runs
 #   BENCH_TLS_MESSAGES    messages in the tls run (one connection each)   (1000)
 #   BENCH_TLS_PROCS       processes of the tls client (tls_load.py)       (1)
 #   BENCH_TLS_KEY         ecdsa (P-256) or rsa (2048): the key of the certificate
@@ -36,7 +55,9 @@
 # Exit status: 0 all parts ran and the checks passed, 1 a part failed (setup,
 # delivery, crash, timeout), 3 the idle check held fewer connections than
 # asked or went over the RSS limit, 4 acceptance with delivery on was below
-# BENCH_ACCEPT_TARGET % of acceptance alone, 5 the spf run was below BENCH_SPF_TARGET %.
+# BENCH_ACCEPT_TARGET % of acceptance alone, 5 the spf run was below BENCH_SPF_TARGET %,
+# 6 the auth run was below BENCH_AUTH_TARGET %, 7 the spam run was below BENCH_SPAM_TARGET %
+# of Postfix's, 8 the milter run was below BENCH_MILTER_TARGET % of Postfix's.
 # shellcheck disable=SC2153  # PF_*, SL_*, PFR_*, SLR_*, SLA_*, PFT_*, SLT_* results are set by save_result
 set -euo pipefail
 
@@ -57,6 +78,15 @@ ONLY=${BENCH_ONLY:-all}
 ACCEPT_TARGET=${BENCH_ACCEPT_TARGET:-80}
 SPF_TARGET=${BENCH_SPF_TARGET:-80}
 DNS_PORT=${BENCH_DNS_PORT:-2629}
+AUTH_TARGET=${BENCH_AUTH_TARGET:-70}
+SPAM_MESSAGES=${BENCH_SPAM_MESSAGES:-500}
+SPAM_TIMEOUT=${BENCH_SPAM_TIMEOUT:-900}
+SPAM_TARGET=${BENCH_SPAM_TARGET:-90}
+SPAMD_PORT=${BENCH_SPAMD_PORT:-2630}
+SPAMD_CHILDREN=${BENCH_SPAMD_CHILDREN:-4}
+SPAMASS_PORT=${BENCH_SPAMASS_PORT:-2631}
+MILTER_TARGET=${BENCH_MILTER_TARGET:-100}
+OPENDKIM_PORT=${BENCH_OPENDKIM_PORT:-2632}
 TLS_MESSAGES=${BENCH_TLS_MESSAGES:-1000}
 TLS_PROCS=${BENCH_TLS_PROCS:-1}
 TLS_KEY=${BENCH_TLS_KEY:-ecdsa}
@@ -75,16 +105,25 @@ for v in MESSAGES:BENCH_MESSAGES SESSIONS:BENCH_SESSIONS SIZE:BENCH_SIZE \
          IDLE_CONNS:BENCH_IDLE_CONNS IDLE_LIMIT_MB:BENCH_IDLE_LIMIT_MB TIMEOUT:BENCH_TIMEOUT \
          PF_PORT:BENCH_POSTFIX_PORT SL_PORT:BENCH_SLUICE_PORT SINK_PORT:BENCH_SINK_PORT \
          ACCEPT_TARGET:BENCH_ACCEPT_TARGET SPF_TARGET:BENCH_SPF_TARGET DNS_PORT:BENCH_DNS_PORT \
-         TLS_MESSAGES:BENCH_TLS_MESSAGES TLS_PROCS:BENCH_TLS_PROCS; do
+         TLS_MESSAGES:BENCH_TLS_MESSAGES TLS_PROCS:BENCH_TLS_PROCS \
+         AUTH_TARGET:BENCH_AUTH_TARGET SPAM_MESSAGES:BENCH_SPAM_MESSAGES SPAM_TARGET:BENCH_SPAM_TARGET \
+         SPAM_TIMEOUT:BENCH_SPAM_TIMEOUT \
+         SPAMD_PORT:BENCH_SPAMD_PORT SPAMD_CHILDREN:BENCH_SPAMD_CHILDREN SPAMASS_PORT:BENCH_SPAMASS_PORT \
+         MILTER_TARGET:BENCH_MILTER_TARGET OPENDKIM_PORT:BENCH_OPENDKIM_PORT; do
     val=${v%%:*}
     [[ ${!val} =~ ^[0-9]+$ ]] && (( ${!val} > 0 )) || die "${v#*:} must be a positive integer (got '${!val}')"
 done
 (( TIMEOUT >= 30 )) || die "BENCH_TIMEOUT must be at least 30"
+(( SPAM_TIMEOUT >= 30 )) || die "BENCH_SPAM_TIMEOUT must be at least 30"
 [[ $REUSE == 0 || $REUSE == 1 ]] || die "BENCH_REUSE must be 0 or 1"
 [[ $TLS_KEY == ecdsa || $TLS_KEY == rsa ]] || die "BENCH_TLS_KEY must be ecdsa or rsa"
 (( PF_PORT != SL_PORT && PF_PORT != SINK_PORT && SL_PORT != SINK_PORT )) \
     || die "BENCH_POSTFIX_PORT, BENCH_SLUICE_PORT and BENCH_SINK_PORT must differ"
+[[ $(printf '%s\n' "$PF_PORT" "$SL_PORT" "$SINK_PORT" "$DNS_PORT" "$SPAMD_PORT" "$SPAMASS_PORT" \
+     "$OPENDKIM_PORT" | sort -u | wc -l) == 7 ]] \
+    || die "the BENCH_*_PORT ports (postfix, sluice, sink, dns, spamd, spamass, opendkim) must all differ"
 RUN_POSTFIX=0; RUN_SLUICE=0; RUN_MAILDIR=0; RUN_RELAY=0; RUN_SPF=0; RUN_TLS=0
+RUN_AUTH=0; RUN_SPAM=0; RUN_MILTER=0
 IFS=', ' read -ra only_words <<<"$ONLY"
 for w in "${only_words[@]}"; do
     case $w in
@@ -95,11 +134,15 @@ for w in "${only_words[@]}"; do
         relay) RUN_RELAY=1 ;;
         spf) RUN_SPF=1 ;;
         tls) RUN_TLS=1 ;;
-        *) die "BENCH_ONLY: unknown word '$w' (all, postfix, sluice, maildir, relay, spf, tls)" ;;
+        auth) RUN_AUTH=1 ;;
+        spam) RUN_SPAM=1 ;;
+        milter) RUN_MILTER=1 ;;
+        *) die "BENCH_ONLY: unknown word '$w' (all, postfix, sluice, maildir, relay, spf, auth, tls, spam, milter)" ;;
     esac
 done
 (( RUN_POSTFIX || RUN_SLUICE )) || { RUN_POSTFIX=1; RUN_SLUICE=1; }
-(( RUN_MAILDIR || RUN_RELAY || RUN_SPF || RUN_TLS )) || { RUN_MAILDIR=1; RUN_RELAY=1; RUN_SPF=1; RUN_TLS=1; }
+(( RUN_MAILDIR || RUN_RELAY || RUN_SPF || RUN_TLS || RUN_AUTH || RUN_SPAM || RUN_MILTER )) \
+    || { RUN_MAILDIR=1; RUN_RELAY=1; RUN_SPF=1; RUN_TLS=1; RUN_AUTH=1; RUN_SPAM=1; RUN_MILTER=1; }
 # The spf run is compared with the plain maildir run of the same invocation.
 (( RUN_SPF )) && RUN_MAILDIR=1
 (( EUID == 0 )) || die "must run as root (a private Postfix instance needs root to start)"
@@ -120,7 +163,12 @@ FAILED=0
 IDLE_BAD=0
 ACCEPT_BAD=0
 SPF_BAD=0
+AUTH_BAD=0
+SPAM_BAD=0
+MILTER_BAD=0
 DNS_PID=""
+SPAMD_PID=""; SPAMASS_PID=""; OPENDKIM_PID=""
+POLICY_RC_D=""   # set while a policy-rc.d of ours keeps package installs from starting services
 
 system_postfix_running() {
     # The default instance (config /etc/postfix); quiet if unconfigured.
@@ -187,6 +235,31 @@ stop_sink() {
     return 0
 }
 
+# stop_pid PID [NAME]: SIGTERM, up to 10 s, then SIGKILL; reaps it.  For the helper daemons
+# this script starts (the DNS server, spamd, spamass-milter, opendkim).
+stop_pid() {
+    local p=${1:-} i
+    [[ -n $p ]] || return 0
+    if pid_alive "$p"; then
+        kill -TERM "$p" 2>/dev/null
+        for ((i = 0; i < 100; i++)); do pid_alive "$p" || break; sleep 0.1; done
+        if pid_alive "$p"; then
+            log "${2:-pid $p} did not exit within 10 s of SIGTERM, killing it"
+            kill -KILL "$p" 2>/dev/null
+        fi
+    fi
+    wait "$p" 2>/dev/null || true
+    return 0
+}
+
+# shellcheck disable=SC2317  # invoked by the EXIT trap (cleanup)
+stop_helpers() {
+    stop_pid "$SPAMASS_PID" spamass-milter; SPAMASS_PID=""
+    stop_pid "$OPENDKIM_PID" opendkim; OPENDKIM_PID=""
+    stop_pid "$SPAMD_PID" spamd; SPAMD_PID=""
+    stop_pid "$DNS_PID" "the DNS server"; DNS_PID=""
+}
+
 # Each server gets a fresh ext4 file system (a loop-mounted sparse image) when the machine
 # allows it: ext4 slows inode allocation after many recent deletions, so a server measured
 # on a disk the other one (or a previous run) just churned would pay for their deletions.
@@ -216,6 +289,8 @@ cleanup() {
     stop_sluice
     stop_private_postfix
     stop_sink
+    stop_helpers
+    [[ -n $POLICY_RC_D ]] && rm -f "$POLICY_RC_D"
     if (( SYSTEM_PF_STARTED_BY_US )) && system_postfix_running; then
         postfix stop >/dev/null 2>&1
     fi
@@ -231,6 +306,9 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- dependencies
+# Is the system instance of a packaged service (its init script's status) running?
+sysv_running() { [[ -x /etc/init.d/$1 ]] && "/etc/init.d/$1" status >/dev/null 2>&1; }
+
 ensure_deps() {
     local pkgs=()
     command -v postfix >/dev/null && command -v smtp-source >/dev/null \
@@ -243,10 +321,32 @@ ensure_deps() {
     command -v awk >/dev/null || pkgs+=(mawk)
     command -v ps >/dev/null || pkgs+=(procps)
     command -v openssl >/dev/null || pkgs+=(openssl)
+    if (( RUN_AUTH || RUN_SPAM || RUN_MILTER )); then
+        "$PY" -c 'import dkim' 2>/dev/null || pkgs+=(python3-dkim)
+    fi
+    if (( RUN_AUTH && RUN_SLUICE )); then
+        [[ -r /usr/share/publicsuffix/public_suffix_list.dat ]] || pkgs+=(publicsuffix)
+    fi
+    if (( RUN_SPAM )); then
+        [[ -x /usr/sbin/spamd ]] || pkgs+=(spamd)
+        command -v spamc >/dev/null || pkgs+=(spamc)
+        if (( RUN_POSTFIX )); then command -v spamass-milter >/dev/null || pkgs+=(spamass-milter); fi
+    fi
+    if (( RUN_MILTER )); then command -v opendkim >/dev/null || pkgs+=(opendkim); fi
     (( ${#pkgs[@]} )) || return 0
 
     local was_running=0
     system_postfix_running && was_running=1
+    # spamd, spamass-milter and opendkim come with a system service each; this script runs
+    # private instances only, so none may be started by the install (nor left running).
+    local svc svcs=(spamd spamass-milter opendkim) svc_before=()
+    for svc in "${svcs[@]}"; do sysv_running "$svc" && svc_before+=("$svc"); done
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        POLICY_RC_D=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\n# scripts/bench/run.sh: no service starts during its package install\nexit 101\n' \
+            >"$POLICY_RC_D"
+        chmod 755 "$POLICY_RC_D"
+    fi
     log "installing: ${pkgs[*]}"
     if [[ " ${pkgs[*]} " == *" postfix "* ]] && ! dpkg -s postfix >/dev/null 2>&1; then
         # We only need the binaries; keep the system instance unconfigured.
@@ -255,11 +355,19 @@ ensure_deps() {
     apt-get update >&2 || die "apt-get update failed"
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${pkgs[@]}" >&2 \
         || die "apt-get install ${pkgs[*]} failed"
+    if [[ -n $POLICY_RC_D ]]; then rm -f "$POLICY_RC_D"; POLICY_RC_D=""; fi
     if (( ! was_running )) && system_postfix_running; then
         log "stopping the system postfix that the package install started"
         SYSTEM_PF_STARTED_BY_US=1
         postfix stop >/dev/null 2>&1 || true
     fi
+    for svc in "${svcs[@]}"; do
+        [[ " ${svc_before[*]} " == *" $svc "* ]] && continue
+        if sysv_running "$svc"; then
+            log "stopping the system $svc that the package install started"
+            "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+        fi
+    done
 }
 ensure_deps
 getent passwd postfix >/dev/null || die "no 'postfix' user (broken postfix install?)"
@@ -477,6 +585,169 @@ tls_check() {
     fi
 }
 
+# ---------------------------------------------------------------- prepared messages
+# The auth, spam and milter runs send one prepared message (smtp-source -F) instead of
+# smtp-source's generated one: From: bench@client.test, plain text, a body of about
+# BENCH_SIZE bytes; msg/plain.txt as it is, msg/signed.txt with a dkimpy DKIM-Signature
+# (rsa-sha256, relaxed/relaxed, d=client.test, s=bench, the 2048-bit key msg/key.pem, whose
+# record the auth run's DNS zone publishes; opendkim signs with the same key in the milter
+# runs).  Every message of a run is the same bytes.
+MSG_DIR=""; MSG_PLAIN=""; MSG_SIGNED=""; MSG_LINE=""; DKIM_KEY=""; DKIM_ZONE_TXT=""
+DKIM_DOMAIN=client.test; DKIM_SELECTOR=bench
+make_messages() {
+    local dir="$WORK/msg"
+    mkdir -p "$dir"
+    openssl genrsa -traditional -out "$dir/key.pem" 2048 >"$dir/openssl.log" 2>&1 \
+        || { MSG_LINE="openssl genrsa failed: $(tailf "$dir/openssl.log")"; return 1; }
+    if ! "$PY" "$HERE/bench_message.py" make --size "$SIZE" --key "$dir/key.pem" \
+            --domain "$DKIM_DOMAIN" --selector "$DKIM_SELECTOR" \
+            --plain "$dir/plain.txt" --signed "$dir/signed.txt" >"$dir/make.log" 2>&1; then
+        MSG_LINE="bench_message.py make failed: $(tailf "$dir/make.log")"; return 1
+    fi
+    DKIM_ZONE_TXT=$("$PY" "$HERE/bench_message.py" record --key "$dir/key.pem" 2>>"$dir/make.log") \
+        || { MSG_LINE="bench_message.py record failed: $(tailf "$dir/make.log")"; return 1; }
+    MSG_DIR=$dir; MSG_PLAIN="$dir/plain.txt"; MSG_SIGNED="$dir/signed.txt"; DKIM_KEY="$dir/key.pem"
+}
+
+# file_load FILE COUNT: for a run that has made MESSAGES, LOAD and LOAD_NAME local, measure
+# then sends FILE COUNT times (smtp-source -F; the other flags as in the maildir run).
+file_load() {
+    MESSAGES=$2
+    LOAD=(smtp-source -4 -s "$SESSIONS" -m "$2" -F "$1" -M client.test
+          -f bench@client.test -t bench@example.test)
+    (( REUSE )) && LOAD=(smtp-source -d "${LOAD[@]:1}")
+    LOAD_NAME=smtp-source
+}
+
+# missing_count DIR TEXT: how many files in DIR lack TEXT (a fixed string).
+missing_count() {
+    find "$1" -maxdepth 1 -type f -print0 | xargs -0 -r grep -L -F -e "$2" | wc -l || true
+}
+
+# header_of FILE NAME: the first NAME: field of FILE's header section, unfolded.
+header_of() {
+    tr -d '\r' <"$1" | awk -v name="$2" '
+        /^$/ { exit }
+        found && /^[ \t]/ { sub(/^[ \t]+/, " "); v = v $0; next }
+        found { exit }
+        tolower(substr($0, 1, length(name) + 1)) == tolower(name) ":" { found = 1; v = $0 }
+        END { print v }' || true
+}
+
+# ---------------------------------------------------------------- helper daemons
+# start_dns: dnslib's zone resolver on BENCH_DNS_PORT with the zone of the spf and auth runs
+# (client.test's SPF records, its DMARC record p=none and, once make_messages has run, the
+# bench._domainkey.client.test key).  DNS_PID, or returns 1 with HELPER_LINE set.
+HELPER_LINE=""
+start_dns() {
+    local dir="$WORK/dns"
+    mkdir -p "$dir"
+    cat >"$dir/zone.txt" <<ZONE
+client.test. 300 IN TXT "v=spf1 a:mail.client.test include:_spf.client.test -all"
+mail.client.test. 300 IN A 198.51.100.1
+_spf.client.test. 300 IN TXT "v=spf1 ip4:127.0.0.0/8 -all"
+_dmarc.client.test. 300 IN TXT "v=DMARC1; p=none"
+ZONE
+    if [[ -n $DKIM_ZONE_TXT ]]; then
+        echo "$DKIM_SELECTOR._domainkey.$DKIM_DOMAIN. 300 IN TXT $DKIM_ZONE_TXT" >>"$dir/zone.txt"
+    fi
+    port_listening "$DNS_PORT" && { HELPER_LINE="port $DNS_PORT (DNS) is already in use"; return 1; }
+    "$PY" -m dnslib.zoneresolver --zone "$dir/zone.txt" --address "$HOST" --port "$DNS_PORT" --tcp \
+        >"$dir/dns.log" 2>&1 &
+    DNS_PID=$!
+    BG_PIDS+=("$DNS_PID")
+    if ! wait_port "$DNS_PORT" "$DNS_PID"; then
+        HELPER_LINE="the DNS server did not start: $(tailf "$dir/dns.log")"
+        stop_dns
+        return 1
+    fi
+}
+stop_dns() { stop_pid "$DNS_PID" "the DNS server"; DNS_PID=""; }
+
+# spamd_ping: does spamd answer PING on BENCH_SPAMD_PORT?
+spamd_ping() { spamc -d "$HOST" -p "$SPAMD_PORT" -K >/dev/null 2>&1; }
+
+# start_spamd: SpamAssassin's spamd for both spam runs, offline (-L: local tests only, no
+# DNS), no per-user config, no Bayes, a fixed pool of BENCH_SPAMD_CHILDREN children; then
+# one scan of the message to warm it up.  SPAMD_PID, or returns 1 with HELPER_LINE set.
+start_spamd() {
+    local dir="$WORK/spamd" i
+    mkdir -p "$dir"; chmod 777 "$dir"   # its home (-H) for the children, which run as nobody
+    port_listening "$SPAMD_PORT" && { HELPER_LINE="port $SPAMD_PORT (spamd) is already in use"; return 1; }
+    spamd --listen "$HOST:$SPAMD_PORT" -u nobody -L -x -H "$dir" --syslog stderr \
+        --min-children "$SPAMD_CHILDREN" --max-children "$SPAMD_CHILDREN" \
+        --pidfile "$dir/spamd.pid" --cf 'use_bayes 0' --cf 'bayes_auto_learn 0' \
+        </dev/null >"$dir/spamd.log" 2>&1 &
+    SPAMD_PID=$!
+    BG_PIDS+=("$SPAMD_PID")
+    # Loading the rules takes a while (several seconds, more on a busy machine).
+    for ((i = 0; i < 1200; i++)); do
+        spamd_ping && break
+        pid_alive "$SPAMD_PID" || break
+        sleep 0.1
+    done
+    if ! spamd_ping; then
+        HELPER_LINE="spamd did not answer PING: $(tailf "$dir/spamd.log")"
+        stop_spamd
+        return 1
+    fi
+    SPAMD_WARMUP=$(spamc -d "$HOST" -p "$SPAMD_PORT" -c <"$MSG_PLAIN" 2>&1 || true)
+    log "spamd: up on $HOST:$SPAMD_PORT (pid $SPAMD_PID, $SPAMD_CHILDREN children); the message scores $SPAMD_WARMUP"
+}
+stop_spamd() { stop_pid "$SPAMD_PID" spamd; SPAMD_PID=""; }
+
+# start_spamass_milter: spamass-milter on BENCH_SPAMASS_PORT, asking the bench's spamd
+# (spamc -d/-p); -m: headers only, as Sluice's spam stage.  SPAMASS_PID or HELPER_LINE.
+start_spamass_milter() {
+    local dir="$WORK/spamass"
+    mkdir -p "$dir"
+    port_listening "$SPAMASS_PORT" && { HELPER_LINE="port $SPAMASS_PORT (spamass-milter) is already in use"; return 1; }
+    spamass-milter -p "inet:$SPAMASS_PORT@$HOST" -m -- -d "$HOST" -p "$SPAMD_PORT" \
+        </dev/null >"$dir/spamass-milter.log" 2>&1 &
+    SPAMASS_PID=$!
+    BG_PIDS+=("$SPAMASS_PID")
+    if ! wait_port "$SPAMASS_PORT" "$SPAMASS_PID"; then
+        HELPER_LINE="spamass-milter did not start: $(tailf "$dir/spamass-milter.log")"
+        stop_spamass_milter
+        return 1
+    fi
+    log "spamass-milter: up on $HOST:$SPAMASS_PORT (pid $SPAMASS_PID)"
+}
+stop_spamass_milter() { stop_pid "$SPAMASS_PID" spamass-milter; SPAMASS_PID=""; }
+
+# start_opendkim: opendkim signing (Mode s) for client.test with the bench key, for mail
+# from 127.0.0.1 (InternalHosts), on BENCH_OPENDKIM_PORT.  OPENDKIM_PID or HELPER_LINE.
+start_opendkim() {
+    local dir="$WORK/opendkim"
+    mkdir -p "$dir"
+    cat >"$dir/opendkim.conf" <<CONF
+Mode s
+Domain $DKIM_DOMAIN
+Selector $DKIM_SELECTOR
+KeyFile $DKIM_KEY
+SignatureAlgorithm rsa-sha256
+Canonicalization relaxed/relaxed
+InternalHosts 127.0.0.1
+Socket inet:$OPENDKIM_PORT@$HOST
+Syslog no
+Background no
+# the key is under /tmp, which opendkim otherwise refuses
+RequireSafeKeys no
+PidFile $dir/opendkim.pid
+CONF
+    port_listening "$OPENDKIM_PORT" && { HELPER_LINE="port $OPENDKIM_PORT (opendkim) is already in use"; return 1; }
+    opendkim -f -x "$dir/opendkim.conf" </dev/null >"$dir/opendkim.log" 2>&1 &
+    OPENDKIM_PID=$!
+    BG_PIDS+=("$OPENDKIM_PID")
+    if ! wait_port "$OPENDKIM_PORT" "$OPENDKIM_PID"; then
+        HELPER_LINE="opendkim did not start: $(tailf "$dir/opendkim.log")"
+        stop_opendkim
+        return 1
+    fi
+    log "opendkim: up on $HOST:$OPENDKIM_PORT (pid $OPENDKIM_PID)"
+}
+stop_opendkim() { stop_pid "$OPENDKIM_PID" opendkim; OPENDKIM_PID=""; }
+
 # ---------------------------------------------------------------- smtp-sink (relay next hop)
 # start_sink NAME -> SINK_PID, WATCH_PID, SINK_EVENTS; or returns 1 with SINK_LINE set.
 # smtp-sink -c writes its counters into a FIFO that sink_watch.py timestamps.
@@ -506,13 +777,18 @@ start_sink() {
 
 # ---------------------------------------------------------------- postfix
 PF_OK=0; PF_LINE=""; PFR_OK=0; PFR_LINE=""; PFT_OK=0; PFT_LINE=""
+PFSP_OK=0; PFSP_LINE=""; PFM_OK=0; PFM_LINE=""
 # run_postfix MODE: MODE maildir (virtual delivery to a maildir; results in PF_*),
-# relay (relay to smtp-sink; results in PFR_*) or tls (maildir delivery with STARTTLS
-# offered, tls_load.py as the client; results in PFT_*).  P_LINE: the failure.
+# relay (relay to smtp-sink; results in PFR_*), tls (maildir delivery with STARTTLS
+# offered, tls_load.py as the client; results in PFT_*), spam (maildir delivery through
+# spamass-milter and spamd, the plain prepared message; results in PFSP_*) or milter
+# (maildir delivery through the opendkim milter; results in PFM_*).  P_LINE: the failure.
 run_postfix() {
     local mode=$1 pfx=PF base="$WORK/postfix"
     [[ $mode == relay ]] && { pfx=PFR; base="$WORK/postfix-relay"; }
     [[ $mode == tls ]] && { pfx=PFT; base="$WORK/postfix-tls"; }
+    [[ $mode == spam ]] && { pfx=PFSP; base="$WORK/postfix-spam"; }
+    [[ $mode == milter ]] && { pfx=PFM; base="$WORK/postfix-milter"; }
     if postfix_run "$mode" "$pfx" "$base"; then
         printf -v "${pfx}_OK" 1
     else
@@ -596,6 +872,16 @@ smtpd_tls_received_header = yes
 EOF
         tlsmgr="tlsmgr    unix  -       -       n       1000?   1       tlsmgr"
     fi
+    if [[ $mode == spam || $mode == milter ]]; then
+        local mport=$SPAMASS_PORT
+        [[ $mode == milter ]] && mport=$OPENDKIM_PORT
+        # The milter of the run (spamass-milter or opendkim); one that fails lets the mail
+        # through, as the Sluice runs' stages do (every delivered message is checked after).
+        cat >>"$PF_ETC/main.cf" <<EOF
+smtpd_milters = inet:$HOST:$mport
+milter_default_action = accept
+EOF
+    fi
 
     cat >"$PF_ETC/master.cf" <<EOF
 # service type  private unpriv  chroot  wakeup  maxproc command
@@ -652,6 +938,9 @@ EOF
     local MESSAGES=$MESSAGES LOAD=("${LOAD[@]}") LOAD_NAME=$LOAD_NAME mpid cpu0=0
     mpid=$(tr -d ' \n' < "$PF_Q/pid/master.pid" 2>/dev/null || true)
     if [[ $mode == tls ]]; then tls_load; cpu0=$(tree_cpu "$mpid"); fi
+    local TIMEOUT=$TIMEOUT
+    [[ $mode == spam ]] && { file_load "$MSG_PLAIN" "$SPAM_MESSAGES"; TIMEOUT=$SPAM_TIMEOUT; }
+    [[ $mode == milter ]] && file_load "$MSG_PLAIN" "$MESSAGES"
     if ! measure "$name" "$PF_PORT" "$kind" "$target" --pidfile "$PF_Q/pid/master.pid"; then
         P_LINE="$R_ERR"
         [[ -f $maillog ]] && log "$name maillog tail:" && tail -n 5 "$maillog" >&2
@@ -669,6 +958,14 @@ EOF
         fi
         # shellcheck disable=SC2034
         PFT_CLIENT=$TLS_CLIENT
+    fi
+    if [[ $mode == spam || $mode == milter ]]; then
+        if ! milter_check "$mode" "$target"; then
+            P_LINE=$CHECK_LINE
+            stop_private_postfix
+            return 1
+        fi
+        printf -v "${pfx}_SAMPLE" '%s' "$CHECK_SAMPLE"
     fi
     save_result "$pfx"
     stop_private_postfix
@@ -850,26 +1147,16 @@ run_sluice_accept() {
 
 # ---------------------------------------------------------------- sluice with spf
 # The maildir run again with the spf stage in front, asking a local DNS server (dnslib's
-# zone resolver) through the gateway's libunbound cache: 3 queries per check, all cached
-# after the first message.
+# zone resolver, start_dns) through the gateway's libunbound cache: 3 queries per check,
+# all cached after the first message.
 SLS_OK=0; SLS_LINE=""
 run_sluice_spf() {
     local dir="$WORK/sluice-spf"
     fresh_fs "$dir"
-    cat >"$dir/zone.txt" <<EOF
-client.test. 300 IN TXT "v=spf1 a:mail.client.test include:_spf.client.test -all"
-mail.client.test. 300 IN A 198.51.100.1
-_spf.client.test. 300 IN TXT "v=spf1 ip4:127.0.0.0/8 -all"
-EOF
-    port_listening "$DNS_PORT" && { SLS_LINE="port $DNS_PORT (DNS) is already in use"; return 1; }
-    "$PY" -m dnslib.zoneresolver --zone "$dir/zone.txt" --address "$HOST" --port "$DNS_PORT" --tcp \
-        >"$dir/dns.log" 2>&1 &
-    DNS_PID=$!
-    BG_PIDS+=("$DNS_PID")
-    wait_port "$DNS_PORT" "$DNS_PID" || { SLS_LINE="the DNS server did not start: $(tailf "$dir/dns.log")"; return 1; }
+    start_dns || { SLS_LINE=$HELPER_LINE; return 1; }
     write_sluice_conf "$dir" "$SL_PORT" $'\n[dns]\nservers = ["'"$HOST:$DNS_PORT"'"]' "" \
         $'\n[[stage]]\nuse = "spf"\nfail = "reject"'
-    start_sluice "$dir" || { SLS_LINE="$SL_LINE"; kill "$DNS_PID" 2>/dev/null; return 1; }
+    start_sluice "$dir" || { SLS_LINE="$SL_LINE"; stop_dns; return 1; }
     log "sluice-spf: up (pid $SL_PID, config $dir/pipeline.conf, DNS on $HOST:$DNS_PORT)"
     local ok=1 newdir="$dir/mail/example.test/bench/new"
     measure sluice-spf "$SL_PORT" maildir "$newdir" --pid "$SL_PID" || ok=0
@@ -877,8 +1164,7 @@ EOF
     pid_alive "$SL_PID" || alive=0
     stop_sluice
     SLS_TERM=$SL_STOP_STATUS
-    kill "$DNS_PID" 2>/dev/null || true
-    wait "$DNS_PID" 2>/dev/null || true
+    stop_dns
     if (( ! ok )); then
         SLS_LINE="$R_ERR"
         (( alive )) || SLS_LINE+="; sluice died: $(tailf "$dir/sluice.log")"
@@ -929,7 +1215,143 @@ run_sluice_tls() {
     SLT_OK=1
 }
 
+# ---------------------------------------------------------------- checks of the milter runs
+# milter_check MODE NEWDIR: every delivered message went through the scanner or signer.
+# spam: each has X-Spam-Status; milter: each has a DKIM-Signature, and one of them
+# verifies (dkimpy, against the bench key).  CHECK_SAMPLE: what one message shows;
+# CHECK_LINE: the failure.
+milter_check() {
+    local mode=$1 dir=$2 n f
+    CHECK_LINE=""; CHECK_SAMPLE=""
+    f=$(find "$dir" -maxdepth 1 -type f -print -quit)
+    if [[ $mode == spam ]]; then
+        n=$(missing_count "$dir" "X-Spam-Status:")
+        if (( n )); then
+            CHECK_LINE="$n of $MESSAGES delivered messages lack X-Spam-Status (not scanned?)"; return 1
+        fi
+        CHECK_SAMPLE=$(header_of "$f" X-Spam-Status)
+    else
+        n=$(missing_count "$dir" "DKIM-Signature:")
+        if (( n )); then
+            CHECK_LINE="$n of $MESSAGES delivered messages lack a DKIM-Signature (not signed by opendkim?)"; return 1
+        fi
+        if ! "$PY" "$HERE/bench_message.py" verify --key "$DKIM_KEY" --domain "$DKIM_DOMAIN" \
+                --selector "$DKIM_SELECTOR" "$f" >/dev/null 2>&1; then
+            CHECK_LINE="the DKIM-Signature of $f does not verify (dkimpy)"; return 1
+        fi
+        CHECK_SAMPLE="DKIM-Signature on every message, dkimpy verifies $(basename "$f"): $(header_of "$f" DKIM-Signature | cut -c 1-90)..."
+    fi
+}
+
+# ---------------------------------------------------------------- sluice with a prepared message
+# sluice_file_run NAME SERVER-LINES STAGES: the maildir run of step 2 in $WORK/NAME (fresh
+# file system) with SERVER-LINES after [server]'s keys and STAGES after the usual stages;
+# the load is the caller's LOAD (file_load).  Sets SR_NEWDIR, SR_TERM and, on failure, SR_LINE.
+sluice_file_run() {
+    local name=$1 dir="$WORK/$1"
+    SR_NEWDIR="$dir/mail/example.test/bench/new"; SR_TERM=""; SR_LINE=""
+    fresh_fs "$dir"
+    write_sluice_conf "$dir" "$SL_PORT" "$2" "" "$3"
+    start_sluice "$dir" || { SR_LINE="$SL_LINE"; return 1; }
+    log "$name: up (pid $SL_PID, config $dir/pipeline.conf)"
+    local ok=1 alive=1
+    measure "$name" "$SL_PORT" maildir "$SR_NEWDIR" --pid "$SL_PID" || ok=0
+    pid_alive "$SL_PID" || alive=0
+    stop_sluice
+    SR_TERM=$SL_STOP_STATUS
+    if (( ! ok )); then
+        SR_LINE="$R_ERR"
+        (( alive )) || SR_LINE+="; sluice died: $(tailf "$dir/sluice.log")"
+        return 1
+    fi
+    (( alive )) || { SR_LINE="sluice died during the run: $(tailf "$dir/sluice.log")"; return 1; }
+}
+
+# ---------------------------------------------------------------- sluice auth (spf + dkim-verify + dmarc)
+# The DKIM-signed message twice: without the authentication stages (SLAB_*), then with spf
+# (fail = "tag"), dkim-verify and dmarc asking the local DNS server (SLAU_*): the key, the
+# DMARC record and the SPF records are all cached after the first message (warm DNS).
+SLAB_OK=0; SLAB_LINE=""; SLAU_OK=0; SLAU_LINE=""
+run_sluice_auth_base() {
+    local MESSAGES=$MESSAGES LOAD=("${LOAD[@]}") LOAD_NAME=$LOAD_NAME
+    file_load "$MSG_SIGNED" "$MESSAGES"
+    sluice_file_run sluice-auth-base "" "" || { SLAB_LINE=$SR_LINE; return 1; }
+    save_result SLAB
+    SLAB_TERM=$SR_TERM
+    SLAB_OK=1
+}
+
+run_sluice_auth() {
+    local MESSAGES=$MESSAGES LOAD=("${LOAD[@]}") LOAD_NAME=$LOAD_NAME
+    file_load "$MSG_SIGNED" "$MESSAGES"
+    start_dns || { SLAU_LINE=$HELPER_LINE; return 1; }
+    local ok=1
+    sluice_file_run sluice-auth $'\n[dns]\nservers = ["'"$HOST:$DNS_PORT"'"]' \
+        $'\n[[stage]]\nuse = "spf"\nfail = "tag"\n\n[[stage]]\nuse = "dkim-verify"\n\n[[stage]]\nuse = "dmarc"' \
+        || ok=0
+    stop_dns
+    (( ok )) || { SLAU_LINE=$SR_LINE; return 1; }
+    # Every message was verified: dkim=pass (the signature) and dmarc=pass (aligned, p=none).
+    local want n f
+    for want in dkim=pass dmarc=pass spf=pass; do
+        n=$(missing_count "$SR_NEWDIR" "$want")
+        if (( n )); then
+            f=$(find "$SR_NEWDIR" -maxdepth 1 -type f -print0 | xargs -0 -r grep -L -F -e "$want" | head -n 1)
+            SLAU_LINE="$n of $MESSAGES delivered messages lack '$want' in Authentication-Results; e.g. $(header_of "$f" Authentication-Results)"
+            return 1
+        fi
+    done
+    f=$(find "$SR_NEWDIR" -maxdepth 1 -type f -print -quit)
+    # shellcheck disable=SC2034  # read by the details section
+    SLAU_AR=$(header_of "$f" Authentication-Results)
+    save_result SLAU
+    SLAU_TERM=$SR_TERM
+    SLAU_OK=1
+}
+
+# ---------------------------------------------------------------- sluice spam / milter
+# The maildir run with the spam stage asking the bench's spamd (SLSP_*), or with the milter
+# stage attached to the bench's opendkim (SLM_*); the plain prepared message, as Postfix's.
+SLSP_OK=0; SLSP_LINE=""; SLM_OK=0; SLM_LINE=""
+run_sluice_spam() {
+    local MESSAGES=$MESSAGES LOAD=("${LOAD[@]}") LOAD_NAME=$LOAD_NAME TIMEOUT=$SPAM_TIMEOUT
+    file_load "$MSG_PLAIN" "$SPAM_MESSAGES"
+    sluice_file_run sluice-spam "" \
+        $'\n[[stage]]\nuse = "spam"\nbackend = "spamd://'"$HOST:$SPAMD_PORT"$'"' \
+        || { SLSP_LINE=$SR_LINE; return 1; }
+    milter_check spam "$SR_NEWDIR" || { SLSP_LINE=$CHECK_LINE; return 1; }
+    # shellcheck disable=SC2034
+    SLSP_SAMPLE=$CHECK_SAMPLE
+    save_result SLSP
+    SLSP_TERM=$SR_TERM
+    SLSP_OK=1
+}
+
+run_sluice_milter() {
+    local MESSAGES=$MESSAGES LOAD=("${LOAD[@]}") LOAD_NAME=$LOAD_NAME
+    file_load "$MSG_PLAIN" "$MESSAGES"
+    # default_action = "accept": as Postfix's milter_default_action here
+    sluice_file_run sluice-milter "" \
+        $'\n[[stage]]\nuse = "milter"\nname = "opendkim"\nsocket = "inet:'"$HOST:$OPENDKIM_PORT"$'"\ndefault_action = "accept"' \
+        || { SLM_LINE=$SR_LINE; return 1; }
+    milter_check milter "$SR_NEWDIR" || { SLM_LINE=$CHECK_LINE; return 1; }
+    # shellcheck disable=SC2034
+    SLM_SAMPLE=$CHECK_SAMPLE
+    save_result SLM
+    SLM_TERM=$SR_TERM
+    SLM_OK=1
+}
+
 # ---------------------------------------------------------------- run
+RUN_FILE=0   # a run that sends the prepared message (auth, spam, milter)
+(( (RUN_AUTH && RUN_SLUICE) || RUN_SPAM || RUN_MILTER )) && RUN_FILE=1
+if (( RUN_FILE )) && ! make_messages; then
+    FAILED=1
+    MSG_LINE="no prepared message: $MSG_LINE"
+    SLAB_LINE=$MSG_LINE; SLAU_LINE=$MSG_LINE; PFSP_LINE=$MSG_LINE; SLSP_LINE=$MSG_LINE
+    PFM_LINE=$MSG_LINE; SLM_LINE=$MSG_LINE
+    log "messages: FAILED: $MSG_LINE"
+fi
 if (( RUN_MAILDIR )); then
     if (( RUN_POSTFIX )); then
         run_postfix maildir || { FAILED=1; log "postfix: FAILED: $PF_LINE"; }
@@ -941,6 +1363,10 @@ if (( RUN_MAILDIR )); then
             run_sluice_spf || { FAILED=1; log "sluice-spf: FAILED: $SLS_LINE"; }
         fi
     fi
+fi
+if (( RUN_AUTH && RUN_SLUICE )) && [[ -n $MSG_DIR ]]; then
+    run_sluice_auth_base || { FAILED=1; log "sluice-auth-base: FAILED: $SLAB_LINE"; }
+    run_sluice_auth || { FAILED=1; log "sluice-auth: FAILED: $SLAU_LINE"; }
 fi
 if (( RUN_RELAY )); then
     if (( RUN_POSTFIX )); then
@@ -964,6 +1390,42 @@ if (( RUN_TLS )); then
         if (( RUN_SLUICE )); then
             run_sluice_tls || { FAILED=1; log "sluice-tls: FAILED: $SLT_LINE"; }
         fi
+    fi
+fi
+# One spamd for both spam runs; spamass-milter only for Postfix's.
+if (( RUN_SPAM )) && [[ -n $MSG_DIR ]]; then
+    if ! start_spamd; then
+        FAILED=1; PFSP_LINE=$HELPER_LINE; SLSP_LINE=$HELPER_LINE
+        log "spam: FAILED: $HELPER_LINE"
+    else
+        if (( RUN_POSTFIX )); then
+            if start_spamass_milter; then
+                run_postfix spam || { FAILED=1; log "postfix-spam: FAILED: $PFSP_LINE"; }
+                stop_spamass_milter
+            else
+                FAILED=1; PFSP_LINE=$HELPER_LINE
+                log "postfix-spam: FAILED: $PFSP_LINE"
+            fi
+        fi
+        if (( RUN_SLUICE )); then
+            run_sluice_spam || { FAILED=1; log "sluice-spam: FAILED: $SLSP_LINE"; }
+        fi
+        stop_spamd
+    fi
+fi
+# One opendkim for both milter runs.
+if (( RUN_MILTER )) && [[ -n $MSG_DIR ]]; then
+    if ! start_opendkim; then
+        FAILED=1; PFM_LINE=$HELPER_LINE; SLM_LINE=$HELPER_LINE
+        log "milter: FAILED: $HELPER_LINE"
+    else
+        if (( RUN_POSTFIX )); then
+            run_postfix milter || { FAILED=1; log "postfix-milter: FAILED: $PFM_LINE"; }
+        fi
+        if (( RUN_SLUICE )); then
+            run_sluice_milter || { FAILED=1; log "sluice-milter: FAILED: $SLM_LINE"; }
+        fi
+        stop_opendkim
     fi
 fi
 
@@ -1010,6 +1472,24 @@ tls_details() {
 }
 (( PFT_OK )) && tls_details "tls postfix:" PFT
 (( SLT_OK )) && tls_details "tls sluice: " SLT "; $SLT_TERM"
+if (( RUN_FILE )) && [[ -n $MSG_DIR ]]; then
+    echo "message: the auth runs send $MSG_SIGNED ($(stat -c %s "$MSG_SIGNED") bytes, DKIM-signed by dkimpy: rsa-sha256 2048 bits, relaxed/relaxed, d=$DKIM_DOMAIN s=$DKIM_SELECTOR), the spam and milter runs $MSG_PLAIN ($(stat -c %s "$MSG_PLAIN") bytes, the same unsigned), with smtp-source -F (-s $SESSIONS, reuse=$REUSE)"
+fi
+(( SLAB_OK )) && echo "auth without: client done after $SLAB_SRC s, last delivery at $SLAB_ELAPSED s; $SLAB_TERM"
+if (( SLAU_OK )); then
+    echo "auth with:    client done after $SLAU_SRC s, last delivery at $SLAU_ELAPSED s; $SLAU_TERM"
+    echo "auth with:    every message has dkim=pass, spf=pass and dmarc=pass; one: $SLAU_AR"
+fi
+if (( RUN_SPAM )) && [[ -n $SPAMD_WARMUP ]]; then
+    echo "spam:    spamd -L (offline), $SPAMD_CHILDREN children, no Bayes; the message scores $SPAMD_WARMUP; Postfix through spamass-milter -m (one spamc per message), Sluice through the spam stage (SPAMC/1.5); RSS/PSS leave spamd out"
+fi
+(( PFSP_OK )) && echo "spam postfix: client done after $PFSP_SRC s, last delivery at $PFSP_ELAPSED s; $PFSP_SAMPLE"
+(( SLSP_OK )) && echo "spam sluice:  client done after $SLSP_SRC s, last delivery at $SLSP_ELAPSED s; $SLSP_SAMPLE; $SLSP_TERM"
+if (( RUN_MILTER )) && [[ -n $MSG_DIR ]]; then
+    echo "milter:  opendkim -f (Mode s, d=$DKIM_DOMAIN s=$DKIM_SELECTOR, rsa-sha256 relaxed/relaxed, InternalHosts 127.0.0.1) on $HOST:$OPENDKIM_PORT; Postfix smtpd_milters, Sluice's milter stage; RSS/PSS leave opendkim out"
+fi
+(( PFM_OK )) && echo "milter postfix: client done after $PFM_SRC s, last delivery at $PFM_ELAPSED s; $PFM_SAMPLE"
+(( SLM_OK )) && echo "milter sluice:  client done after $SLM_SRC s, last delivery at $SLM_ELAPSED s; $SLM_SAMPLE; $SLM_TERM"
 echo
 echo "== summary =="
 if (( RUN_MAILDIR && RUN_POSTFIX )); then
@@ -1057,6 +1537,29 @@ if (( RUN_SPF && RUN_SLUICE )); then
         fi
     else
         echo "sluice with spf: FAILED: $SLS_LINE"
+    fi
+fi
+if (( RUN_AUTH && RUN_SLUICE )); then
+    if (( SLAB_OK )); then
+        printf 'sluice, signed message, no auth stages: %d msgs in %.2f s = %.0f msgs/s, peak RSS %s MB\n' \
+            "$MESSAGES" "$SLAB_ELAPSED" "$SLAB_RATE" "$(mb "$SLAB_RSS_KB")"
+    else
+        echo "sluice, signed message, no auth stages: FAILED: $SLAB_LINE"
+    fi
+    if (( SLAU_OK )); then
+        printf 'sluice, signed message, spf + dkim-verify + dmarc: %d msgs in %.2f s = %.0f msgs/s, peak RSS %s MB\n' \
+            "$MESSAGES" "$SLAU_ELAPSED" "$SLAU_RATE" "$(mb "$SLAU_RSS_KB")"
+    else
+        echo "sluice, signed message, spf + dkim-verify + dmarc: FAILED: $SLAU_LINE"
+    fi
+    if (( SLAB_OK && SLAU_OK )); then
+        pct=$(fcalc %.0f "100 * $SLAU_RATE / $SLAB_RATE")
+        verdict=""
+        if (( $(fcalc %d "100 * $SLAU_RATE < $AUTH_TARGET * $SLAB_RATE") )); then
+            verdict=" -- BELOW TARGET"; AUTH_BAD=1
+        fi
+        printf 'dkim-verify + dmarc (+spf): %.0f msgs/s = %d%% of the same run without (target >= %d%%)%s\n' \
+            "$SLAU_RATE" "$pct" "$AUTH_TARGET" "$verdict"
     fi
 fi
 if (( RUN_RELAY && RUN_POSTFIX )); then
@@ -1111,9 +1614,42 @@ fi
 if (( PFT_OK && SLT_OK )); then
     echo "tls ratio sluice/postfix: $(fcalc %.2f "$SLT_RATE / $PFT_RATE")"
 fi
+# milter_summary LABEL PREFIX LINE-PREFIX: one server's line of the spam or milter run.
+milter_summary() {
+    local ok=${2}_OK el=${2}_ELAPSED rate=${2}_RATE rss=${2}_RSS_KB pss=${2}_PSS_KB line=${2}_LINE
+    if (( ${!ok} )); then
+        printf '%s %d msgs in %.2f s = %.1f msgs/s, peak RSS %s MB (PSS %s MB)\n' \
+            "$1" "$3" "${!el}" "${!rate}" "$(mb "${!rss}")" "$(mb "${!pss}")"
+    else
+        echo "$1 FAILED: ${!line}"
+    fi
+}
+(( RUN_SPAM && RUN_POSTFIX )) && milter_summary "spam postfix (spamass-milter + spamd):" PFSP "$SPAM_MESSAGES"
+(( RUN_SPAM && RUN_SLUICE )) && milter_summary "spam sluice (spam stage + spamd):      " SLSP "$SPAM_MESSAGES"
+if (( PFSP_OK && SLSP_OK )); then
+    verdict=""
+    if (( $(fcalc %d "100 * $SLSP_RATE < $SPAM_TARGET * $PFSP_RATE") )); then
+        verdict=" -- BELOW $(fcalc %.2f "$SPAM_TARGET / 100")x POSTFIX"; SPAM_BAD=1
+    fi
+    printf 'spam ratio sluice/postfix: %.2f (the scanner dominates; flagged below %.2f)%s\n' \
+        "$(fcalc %.4f "$SLSP_RATE / $PFSP_RATE")" "$(fcalc %.2f "$SPAM_TARGET / 100")" "$verdict"
+fi
+(( RUN_MILTER && RUN_POSTFIX )) && milter_summary "milter postfix (opendkim signing):" PFM "$MESSAGES"
+(( RUN_MILTER && RUN_SLUICE )) && milter_summary "milter sluice (opendkim signing): " SLM "$MESSAGES"
+if (( PFM_OK && SLM_OK )); then
+    verdict=""
+    if (( $(fcalc %d "100 * $SLM_RATE < $MILTER_TARGET * $PFM_RATE") )); then
+        verdict=" -- BELOW TARGET"; MILTER_BAD=1
+    fi
+    printf 'milter ratio sluice/postfix: %.2f (target >= %.2f; project goal 1.5)%s\n' \
+        "$(fcalc %.4f "$SLM_RATE / $PFM_RATE")" "$(fcalc %.2f "$MILTER_TARGET / 100")" "$verdict"
+fi
 
 (( FAILED )) && exit 1
 (( IDLE_BAD )) && exit 3
 (( ACCEPT_BAD )) && exit 4
 (( SPF_BAD )) && exit 5
+(( AUTH_BAD )) && exit 6
+(( SPAM_BAD )) && exit 7
+(( MILTER_BAD )) && exit 8
 exit 0
