@@ -576,3 +576,46 @@ def _per_test_timeout(request):
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, old)
+
+
+# -- shared by several test files ---------------------------------------------------------------
+def strip_comments(text: str) -> str:
+    """RFC 5322 comments (nested, with quoted-pairs) removed; quoted strings left alone."""
+    out, depth, quoted, i = [], 0, False, 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and (depth or quoted):
+            if not depth:
+                out.append(text[i:i + 2])
+            i += 2
+            continue
+        if ch == '"' and not depth:
+            quoted = not quoted
+        elif ch == "(" and not quoted:
+            depth += 1
+        elif ch == ")" and depth and not quoted:
+            depth -= 1
+            i += 1
+            continue
+        if not depth:
+            out.append(ch)
+        i += 1
+    return "".join(out)
+
+def stop_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM the scanner's process group (started with start_new_session), SIGKILL if it lingers."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)   # children left behind, if any
+    except ProcessLookupError:
+        pass
+    if proc.poll() is None:
+        proc.wait(timeout=10)

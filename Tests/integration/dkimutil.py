@@ -12,7 +12,7 @@ from pathlib import Path
 import dkim
 import dkim.util
 
-from conftest import HOSTNAME, header_values, run_cli
+from conftest import HOSTNAME, header_values, run_cli, strip_comments
 
 
 # -- keys ------------------------------------------------------------------------------------------
@@ -157,27 +157,6 @@ def opendkim_sign(message: bytes, key: Key, workdir: Path, canon: str = "relaxed
 
 # -- Authentication-Results ------------------------------------------------------------------------
 
-def strip_comments(text: str) -> str:
-    out, depth, quoted, i = [], 0, False, 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\" and (depth or quoted):
-            if not depth:
-                out.append(text[i:i + 2])
-            i += 2
-            continue
-        if ch == '"' and not depth:
-            quoted = not quoted
-        elif ch == "(" and not quoted:
-            depth += 1
-        elif ch == ")" and depth and not quoted:
-            depth -= 1
-            i += 1
-            continue
-        if not depth:
-            out.append(ch)
-        i += 1
-    return "".join(out)
 
 
 def our_results(content: bytes, method: str | None = None) -> list[dict]:

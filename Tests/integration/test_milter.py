@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOSTNAME, free_port, header_values, run_cli, split_message
+from conftest import HOSTNAME, free_port, header_values, run_cli, split_message, stop_group
 from scripted_milter import MilterProcess
 
 RCPT = "mt@example.test"
@@ -142,22 +142,6 @@ def wait_until(pred, timeout: float, what: str, step: float = 0.05):
     return v
 
 
-def stop_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    if proc.poll() is None:
-        proc.wait(timeout=10)
 
 
 def wait_listening(port: int, proc: subprocess.Popen, timeout: float, log=lambda: "") -> None:

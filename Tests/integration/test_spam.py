@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DNSServer, free_port, header_values, run_cli
+from conftest import DNSServer, free_port, header_values, run_cli, stop_group
 
 RCPT = "spam@example.test"
 RCPT2 = "other@example.test"
@@ -124,23 +124,6 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> bytes | None:
         return None
 
 
-def stop_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    """SIGTERM the scanner's process group (started with start_new_session), SIGKILL if it lingers."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)   # children left behind, if any
-    except ProcessLookupError:
-        pass
-    if proc.poll() is None:
-        proc.wait(timeout=10)
 
 
 class RealScanner:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import HOSTNAME, dns_section, free_port, header_values, split_message
+from conftest import HOSTNAME, dns_section, free_port, header_values, split_message, strip_comments
 
 RCPT = "spf@example.test"
 HELO = "client.example.org"
@@ -52,28 +52,6 @@ def message(msgid, extra_headers=""):
 
 # -- parsing the trace fields --------------------------------------------------------------------
 
-def strip_comments(text: str) -> str:
-    """RFC 5322 comments (nested, with quoted-pairs) removed; quoted strings left alone."""
-    out, depth, quoted, i = [], 0, False, 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\" and (depth or quoted):
-            if not depth:
-                out.append(text[i:i + 2])
-            i += 2
-            continue
-        if ch == '"' and not depth:
-            quoted = not quoted
-        elif ch == "(" and not quoted:
-            depth += 1
-        elif ch == ")" and depth and not quoted:
-            depth -= 1
-            i += 1
-            continue
-        if not depth:
-            out.append(ch)
-        i += 1
-    return "".join(out)
 
 
 def received_spf(value: str) -> tuple[str, dict]:
