@@ -1,0 +1,92 @@
+"""The stages of the LocalStages target (dnsbl, rate-limit) through real SMTP sessions;
+dnsbl asks the test DNS server (dnsserver.py) through the gateway's resolver."""
+from __future__ import annotations
+
+from conftest import dns_section
+
+
+def attempt(gw, rcpt="user@example.test"):
+    with gw.session() as c:
+        r = c.cmd("MAIL FROM:<a@example.org>")
+        if r.code != 250:
+            return r
+        return c.cmd(f"RCPT TO:<{rcpt}>")
+
+
+def test_dnsbl_refuses_a_listed_client_at_rcpt_with_the_listing(gateway_factory, dns_server):
+    dns_server.set_zone({
+        "1.0.0.127.bl.example.net": [("A", "127.0.0.2"), ("TXT", "listed: see https://bl.example.net/q?127.0.0.1")],
+    })
+    gw = gateway_factory(stages=[{"use": "dnsbl", "zones": ["bl.example.net"], "reply": "blocked using %z: %t"}],
+                         extra=dns_section(dns_server, 1500))
+    r = attempt(gw)
+    assert (r.code, r.enhanced) == (554, "5.7.1"), r
+    assert "bl.example.net" in r.text and "listed: see" in r.text, r
+
+
+def test_dnsbl_allow_list_and_threshold(gateway_factory, dns_server):
+    dns_server.set_zone({
+        "1.0.0.127.weak.example.net": [("A", "127.0.0.4")],
+        "1.0.0.127.wl.example.net": [("A", "127.0.0.2")],
+    })
+    gw = gateway_factory(stages=[{"use": "dnsbl", "zones": ["weak.example.net"], "allow_zones": ["wl.example.net"]}],
+                         extra=dns_section(dns_server, 1500))
+    assert attempt(gw).code == 250, "allow-listed"
+    gw2 = gateway_factory(stages=[{"use": "dnsbl", "zones": [{"zone": "weak.example.net", "weight": 1}], "threshold": 2}],
+                          extra=dns_section(dns_server, 1500))
+    assert attempt(gw2).code == 250, "below the threshold"
+
+
+def test_dnsbl_at_connect_and_dns_down_is_not_a_listing(gateway_factory, dns_server):
+    dns_server.set_zone({"1.0.0.127.bl.example.net": [("A", "127.0.0.2")]})
+    gw = gateway_factory(stages=[{"use": "dnsbl", "zones": ["bl.example.net"], "check_at": "connect"}],
+                         extra=dns_section(dns_server, 1500))
+    c = gw.client()
+    try:
+        r = c.read_reply()
+        assert (r.code, r.enhanced) == (554, "5.7.1"), r
+    finally:
+        c.close()
+    dns_server.set_zone({"1.0.0.127.bl.example.net": ["TIMEOUT"]})
+    gw2 = gateway_factory(stages=[{"use": "dnsbl", "zones": ["bl.example.net"]}], extra=dns_section(dns_server, 500))
+    assert attempt(gw2).code == 250
+
+
+def test_rate_limit_messages_and_recipients(gateway_factory):
+    gw = gateway_factory(stages=[{"use": "rate-limit", "client_messages": 2, "client_recipients": 3}])
+    with gw.session() as c:
+        assert c.cmd("MAIL FROM:<a@example.org>").code == 250
+        assert c.cmd("RCPT TO:<u1@example.test>").code == 250
+        assert c.cmd("RCPT TO:<u2@example.test>").code == 250
+        assert c.cmd("RSET").code == 250
+        assert c.cmd("MAIL FROM:<a@example.org>").code == 250
+        assert c.cmd("RCPT TO:<u3@example.test>").code == 250
+        r = c.cmd("RCPT TO:<u4@example.test>")
+        assert (r.code, r.enhanced) == (451, "4.7.1") and "client_recipients" in r.text, r
+        assert c.cmd("RSET").code == 250
+        r = c.cmd("MAIL FROM:<a@example.org>")
+        assert (r.code, r.enhanced) == (451, "4.7.1") and "client_messages = 2" in r.text, r
+
+
+def test_rate_limit_connections(gateway_factory):
+    gw = gateway_factory(stages=[{"use": "rate-limit", "client_connections": 3}], start=False)
+    gw.start(wait=False)
+    import time
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            c = gw.client()
+            break
+        except OSError:
+            time.sleep(0.1)
+    codes = []
+    r = c.read_reply()
+    codes.append(r.code)
+    c.close()
+    for _ in range(4):
+        c = gw.client()
+        try:
+            codes.append(c.read_reply().code)
+        finally:
+            c.close()
+    assert codes[:3] == [220, 220, 220] and codes[3:] == [421, 421], codes

@@ -1,0 +1,135 @@
+"""PROXY protocol (haproxy's proxy-protocol.txt, v1 and v2) on a listener: only from
+`proxy_from`; the real client address then drives access control and Received."""
+from __future__ import annotations
+
+import socket
+import struct
+
+from conftest import SMTPClient, free_port
+
+SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def proxy_gateway(gateway_factory, proxy_from=("127.0.0.1",), stages=None):
+    """A gateway with a plain listener (for readiness) and a PROXY listener; returns (gw, proxy port)."""
+    plain, proxied = free_port(), free_port()
+    gw = gateway_factory(listeners=[{"address": f"127.0.0.1:{plain}"},
+                                    {"address": f"127.0.0.1:{proxied}", "proxy_protocol": True,
+                                     "proxy_from": list(proxy_from)}],
+                         stages=stages, start=False)
+    gw.port = plain
+    gw.start()
+    return gw, proxied
+
+
+def v1(src="203.0.113.7", dst="192.0.2.1", sport=5555, dport=25, family="TCP4"):
+    return f"PROXY {family} {src} {dst} {sport} {dport}\r\n".encode()
+
+
+def v2(src, dst, sport=4444, dport=25, command=1):
+    if command == 0:
+        return SIG + bytes([0x20, 0x00]) + struct.pack("!H", 0)
+    if ":" in src:
+        body = socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst) + struct.pack("!HH", sport, dport)
+        return SIG + bytes([0x21, 0x21]) + struct.pack("!H", len(body)) + body
+    body = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport)
+    return SIG + bytes([0x21, 0x11]) + struct.pack("!H", len(body)) + body
+
+
+def session(port, header):
+    c = SMTPClient("127.0.0.1", port, timeout=10)
+    c.send(header)
+    return c
+
+
+def send_message(c, subject):
+    assert c.read_reply().code == 220
+    assert c.cmd("EHLO proxied.example").code == 250
+    assert c.cmd("MAIL FROM:<a@example.org>").code == 250
+    assert c.cmd("RCPT TO:<user@example.test>").code == 250
+    assert c.cmd("DATA").code == 354
+    r = c.cmd(f"Subject: {subject}\r\n\r\nbody\r\n.")
+    c.cmd("QUIT")
+    return r
+
+
+def received(gw, subject):
+    for m in gw.wait_for_mail("user@example.test", count=1):
+        if f"Subject: {subject}".encode() in m:
+            return m.split(b"\n\tby ")[0].decode()
+    raise AssertionError(f"no message with subject {subject}")
+
+
+def test_v1_from_an_allowed_proxy_gives_the_real_client(gateway_factory):
+    gw, port = proxy_gateway(gateway_factory)
+    c = session(port, v1())
+    try:
+        assert send_message(c, "v1").code == 250
+    finally:
+        c.close()
+    assert "[203.0.113.7]" in received(gw, "v1")
+
+
+def test_v2_ipv6_and_the_first_command_in_the_same_packet(gateway_factory):
+    gw, port = proxy_gateway(gateway_factory)
+    c = SMTPClient("127.0.0.1", port, timeout=10)
+    try:
+        c.send(v2("2001:db8::9", "2001:db8::1"))
+        assert send_message(c, "v2").code == 250
+    finally:
+        c.close()
+    assert "[IPv6:2001:db8::9]" in received(gw, "v2")
+
+
+def test_v2_local_keeps_the_proxy_address(gateway_factory):
+    gw, port = proxy_gateway(gateway_factory)
+    c = session(port, v2("", "", command=0))
+    try:
+        assert send_message(c, "local").code == 250
+    finally:
+        c.close()
+    assert "[127.0.0.1]" in received(gw, "local")
+
+
+def test_access_control_sees_the_real_client(gateway_factory):
+    gw, port = proxy_gateway(gateway_factory, stages=[{"use": "access", "deny_clients": ["203.0.113.0/24"]}])
+    c = session(port, v1())
+    try:
+        r = c.read_reply()
+        assert (r.code, r.enhanced) == (554, "5.7.1"), r
+    finally:
+        c.close()
+    ok = session(port, v1(src="198.51.100.4"))
+    try:
+        assert send_message(ok, "allowed").code == 250
+    finally:
+        ok.close()
+
+
+def test_header_from_a_disallowed_address_is_closed(gateway_factory):
+    gw, port = proxy_gateway(gateway_factory, proxy_from=("10.0.0.0/8",))
+    c = session(port, v1())
+    try:
+        assert c.read_reply_or_none(5) is None
+        assert c.is_closed(5)
+    finally:
+        c.close()
+    assert gw.running()
+
+
+def test_malformed_or_missing_header_is_closed(gateway_factory):
+    gw, port = proxy_gateway(gateway_factory)
+    for bad in (b"EHLO not-a-proxy\r\n", b"PROXY TCP4 203.0.113.7\r\n", b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",
+                SIG + bytes([0x31, 0x11, 0, 0])):
+        c = session(port, bad)
+        try:
+            assert c.read_reply_or_none(5) is None, bad
+            assert c.is_closed(5), bad
+        finally:
+            c.close()
+    assert gw.running()
+    ok = session(port, v1())
+    try:
+        assert send_message(ok, "after").code == 250
+    finally:
+        ok.close()
