@@ -58,7 +58,7 @@
 # BENCH_ACCEPT_TARGET % of acceptance alone, 5 the spf run was below BENCH_SPF_TARGET %,
 # 6 the auth run was below BENCH_AUTH_TARGET %, 7 the spam run was below BENCH_SPAM_TARGET %
 # of Postfix's, 8 the milter run was below BENCH_MILTER_TARGET % of Postfix's.
-# shellcheck disable=SC2153  # PF_*, SL_*, PFR_*, SLR_*, SLA_*, PFT_*, SLT_* results are set by save_result
+# shellcheck disable=SC2153  # PF_*, SL_*, PFR_*, SLR_*, SLA_*, PFT_*, SLT_*, SLAB_*, SLAU_*, PFSP_*, SLSP_*, PFM_*, SLM_* results are set by save_result
 set -euo pipefail
 
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:${PATH:-}"
@@ -167,7 +167,7 @@ AUTH_BAD=0
 SPAM_BAD=0
 MILTER_BAD=0
 DNS_PID=""
-SPAMD_PID=""; SPAMASS_PID=""; OPENDKIM_PID=""
+SPAMD_PID=""; SPAMASS_PID=""; OPENDKIM_PID=""; SPAMD_WARMUP=""
 POLICY_RC_D=""   # set while a policy-rc.d of ours keeps package installs from starting services
 
 system_postfix_running() {
@@ -938,9 +938,14 @@ EOF
     local MESSAGES=$MESSAGES LOAD=("${LOAD[@]}") LOAD_NAME=$LOAD_NAME mpid cpu0=0
     mpid=$(tr -d ' \n' < "$PF_Q/pid/master.pid" 2>/dev/null || true)
     if [[ $mode == tls ]]; then tls_load; cpu0=$(tree_cpu "$mpid"); fi
-    local TIMEOUT=$TIMEOUT
+    local TIMEOUT=$TIMEOUT mcpu0=0
     [[ $mode == spam ]] && { file_load "$MSG_PLAIN" "$SPAM_MESSAGES"; TIMEOUT=$SPAM_TIMEOUT; }
     [[ $mode == milter ]] && file_load "$MSG_PLAIN" "$MESSAGES"
+    if [[ $mode == spam || $mode == milter ]]; then
+        # CPU of Postfix's processes; in the spam run also spamass-milter's and its spamc's
+        cpu0=$(tree_cpu "$mpid")
+        [[ $mode == spam ]] && mcpu0=$(tree_cpu "$SPAMASS_PID")
+    fi
     if ! measure "$name" "$PF_PORT" "$kind" "$target" --pidfile "$PF_Q/pid/master.pid"; then
         P_LINE="$R_ERR"
         [[ -f $maillog ]] && log "$name maillog tail:" && tail -n 5 "$maillog" >&2
@@ -960,6 +965,8 @@ EOF
         PFT_CLIENT=$TLS_CLIENT
     fi
     if [[ $mode == spam || $mode == milter ]]; then
+        printf -v "${pfx}_SERVER_CPU" '%s' "$(fcalc %.2f "$(tree_cpu "$mpid") - $cpu0")"
+        [[ $mode == spam ]] && PFSP_MILTER_CPU=$(fcalc %.2f "$(tree_cpu "$SPAMASS_PID") - $mcpu0")
         if ! milter_check "$mode" "$target"; then
             P_LINE=$CHECK_LINE
             stop_private_postfix
@@ -1246,7 +1253,8 @@ milter_check() {
 # ---------------------------------------------------------------- sluice with a prepared message
 # sluice_file_run NAME SERVER-LINES STAGES: the maildir run of step 2 in $WORK/NAME (fresh
 # file system) with SERVER-LINES after [server]'s keys and STAGES after the usual stages;
-# the load is the caller's LOAD (file_load).  Sets SR_NEWDIR, SR_TERM and, on failure, SR_LINE.
+# the load is the caller's LOAD (file_load).  Sets SR_NEWDIR, SR_TERM, SR_CPU (Sluice's CPU
+# seconds during the run) and, on failure, SR_LINE.
 sluice_file_run() {
     local name=$1 dir="$WORK/$1"
     SR_NEWDIR="$dir/mail/example.test/bench/new"; SR_TERM=""; SR_LINE=""
@@ -1254,8 +1262,10 @@ sluice_file_run() {
     write_sluice_conf "$dir" "$SL_PORT" "$2" "" "$3"
     start_sluice "$dir" || { SR_LINE="$SL_LINE"; return 1; }
     log "$name: up (pid $SL_PID, config $dir/pipeline.conf)"
-    local ok=1 alive=1
+    local ok=1 alive=1 cpu0
+    cpu0=$(tree_cpu "$SL_PID")
     measure "$name" "$SL_PORT" maildir "$SR_NEWDIR" --pid "$SL_PID" || ok=0
+    SR_CPU=$(fcalc %.2f "$(tree_cpu "$SL_PID") - $cpu0")
     pid_alive "$SL_PID" || alive=0
     stop_sluice
     SR_TERM=$SL_STOP_STATUS
@@ -1278,6 +1288,8 @@ run_sluice_auth_base() {
     sluice_file_run sluice-auth-base "" "" || { SLAB_LINE=$SR_LINE; return 1; }
     save_result SLAB
     SLAB_TERM=$SR_TERM
+    # shellcheck disable=SC2034  # read by ms_per
+    SLAB_SERVER_CPU=$SR_CPU
     SLAB_OK=1
 }
 
@@ -1306,6 +1318,8 @@ run_sluice_auth() {
     SLAU_AR=$(header_of "$f" Authentication-Results)
     save_result SLAU
     SLAU_TERM=$SR_TERM
+    # shellcheck disable=SC2034  # read by ms_per
+    SLAU_SERVER_CPU=$SR_CPU
     SLAU_OK=1
 }
 
@@ -1324,6 +1338,8 @@ run_sluice_spam() {
     SLSP_SAMPLE=$CHECK_SAMPLE
     save_result SLSP
     SLSP_TERM=$SR_TERM
+    # shellcheck disable=SC2034  # read by ms_per
+    SLSP_SERVER_CPU=$SR_CPU
     SLSP_OK=1
 }
 
@@ -1339,6 +1355,8 @@ run_sluice_milter() {
     SLM_SAMPLE=$CHECK_SAMPLE
     save_result SLM
     SLM_TERM=$SR_TERM
+    # shellcheck disable=SC2034  # read by ms_per
+    SLM_SERVER_CPU=$SR_CPU
     SLM_OK=1
 }
 
@@ -1475,21 +1493,23 @@ tls_details() {
 if (( RUN_FILE )) && [[ -n $MSG_DIR ]]; then
     echo "message: the auth runs send $MSG_SIGNED ($(stat -c %s "$MSG_SIGNED") bytes, DKIM-signed by dkimpy: rsa-sha256 2048 bits, relaxed/relaxed, d=$DKIM_DOMAIN s=$DKIM_SELECTOR), the spam and milter runs $MSG_PLAIN ($(stat -c %s "$MSG_PLAIN") bytes, the same unsigned), with smtp-source -F (-s $SESSIONS, reuse=$REUSE)"
 fi
-(( SLAB_OK )) && echo "auth without: client done after $SLAB_SRC s, last delivery at $SLAB_ELAPSED s; $SLAB_TERM"
+# ms_per PREFIX COUNT: the server's CPU per message in milliseconds.
+ms_per() { local v=${1}_SERVER_CPU; fcalc %.2f "1000 * ${!v} / $2"; }
+(( SLAB_OK )) && echo "auth without: client done after $SLAB_SRC s, last delivery at $SLAB_ELAPSED s; sluice CPU $(ms_per SLAB "$MESSAGES") ms/msg; $SLAB_TERM"
 if (( SLAU_OK )); then
-    echo "auth with:    client done after $SLAU_SRC s, last delivery at $SLAU_ELAPSED s; $SLAU_TERM"
+    echo "auth with:    client done after $SLAU_SRC s, last delivery at $SLAU_ELAPSED s; sluice CPU $(ms_per SLAU "$MESSAGES") ms/msg; $SLAU_TERM"
     echo "auth with:    every message has dkim=pass, spf=pass and dmarc=pass; one: $SLAU_AR"
 fi
 if (( RUN_SPAM )) && [[ -n $SPAMD_WARMUP ]]; then
     echo "spam:    spamd -L (offline), $SPAMD_CHILDREN children, no Bayes; the message scores $SPAMD_WARMUP; Postfix through spamass-milter -m (one spamc per message), Sluice through the spam stage (SPAMC/1.5); RSS/PSS leave spamd out"
 fi
-(( PFSP_OK )) && echo "spam postfix: client done after $PFSP_SRC s, last delivery at $PFSP_ELAPSED s; $PFSP_SAMPLE"
-(( SLSP_OK )) && echo "spam sluice:  client done after $SLSP_SRC s, last delivery at $SLSP_ELAPSED s; $SLSP_SAMPLE; $SLSP_TERM"
+(( PFSP_OK )) && echo "spam postfix: client done after $PFSP_SRC s, last delivery at $PFSP_ELAPSED s; CPU postfix $(ms_per PFSP "$SPAM_MESSAGES") + spamass-milter/spamc $(fcalc %.2f "1000 * $PFSP_MILTER_CPU / $SPAM_MESSAGES") ms/msg; $PFSP_SAMPLE"
+(( SLSP_OK )) && echo "spam sluice:  client done after $SLSP_SRC s, last delivery at $SLSP_ELAPSED s; CPU sluice $(ms_per SLSP "$SPAM_MESSAGES") ms/msg; $SLSP_SAMPLE; $SLSP_TERM"
 if (( RUN_MILTER )) && [[ -n $MSG_DIR ]]; then
     echo "milter:  opendkim -f (Mode s, d=$DKIM_DOMAIN s=$DKIM_SELECTOR, rsa-sha256 relaxed/relaxed, InternalHosts 127.0.0.1) on $HOST:$OPENDKIM_PORT; Postfix smtpd_milters, Sluice's milter stage; RSS/PSS leave opendkim out"
 fi
-(( PFM_OK )) && echo "milter postfix: client done after $PFM_SRC s, last delivery at $PFM_ELAPSED s; $PFM_SAMPLE"
-(( SLM_OK )) && echo "milter sluice:  client done after $SLM_SRC s, last delivery at $SLM_ELAPSED s; $SLM_SAMPLE; $SLM_TERM"
+(( PFM_OK )) && echo "milter postfix: client done after $PFM_SRC s, last delivery at $PFM_ELAPSED s; CPU postfix $(ms_per PFM "$MESSAGES") ms/msg; $PFM_SAMPLE"
+(( SLM_OK )) && echo "milter sluice:  client done after $SLM_SRC s, last delivery at $SLM_ELAPSED s; CPU sluice $(ms_per SLM "$MESSAGES") ms/msg; $SLM_SAMPLE; $SLM_TERM"
 echo
 echo "== summary =="
 if (( RUN_MAILDIR && RUN_POSTFIX )); then
