@@ -619,3 +619,14 @@ def stop_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         pass
     if proc.poll() is None:
         proc.wait(timeout=10)
+
+def wait_until(pred, timeout: float, what: str, step: float = 0.05):
+    """Polls `pred` until it returns something true, or fails naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() > deadline:
+            break
+        time.sleep(step)
+    assert v, f"timed out waiting for {what}"
+    return v

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOSTNAME, free_port, header_values, run_cli, split_message, stop_group
+from conftest import HOSTNAME, free_port, header_values, run_cli, split_message, stop_group, wait_until
 from scripted_milter import MilterProcess
 
 RCPT = "mt@example.test"
@@ -131,15 +131,6 @@ def assert_healthy(gw, rcpt: str = RCPT) -> bytes:
     return found[0]
 
 
-def wait_until(pred, timeout: float, what: str, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() > deadline:
-            break
-        time.sleep(step)
-    assert v, f"timed out waiting for {what}"
-    return v
 
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DNSServer, free_port, header_values, run_cli, stop_group
+from conftest import DNSServer, free_port, header_values, run_cli, stop_group, wait_until
 
 RCPT = "spam@example.test"
 RCPT2 = "other@example.test"
@@ -78,15 +78,6 @@ def assert_healthy(gw, rcpt: str = RCPT) -> None:
         c.quit()
 
 
-def wait_until(pred, timeout: float, what: str, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() > deadline:
-            break
-        time.sleep(step)
-    assert v, f"timed out waiting for {what}"
-    return v
 
 
 # --------------------------------------------------------------------------------------
