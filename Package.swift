@@ -10,6 +10,8 @@ let package = Package(
         .library(name: "SluiceStageAPI", targets: ["SluiceStageAPI"]),
         /// Drive a stage through a session in unit tests, without sockets.
         .library(name: "SluiceStageTesting", targets: ["SluiceStageTesting"]),
+        /// The gateway as a library: load a config, register your own stages, run it.
+        .library(name: "SluiceGateway", targets: ["SluiceRuntime"]),
         .plugin(name: "NewStage", targets: ["NewStage"]),
         .plugin(name: "StageRegistration", targets: ["StageRegistration"]),
     ],
@@ -22,6 +24,7 @@ let package = Package(
         .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: [
         .target(name: "SMTPCore"),
@@ -30,6 +33,7 @@ let package = Package(
         .systemLibrary(name: "CCrypt", providers: [.apt(["libcrypt-dev"])]),
         .systemLibrary(name: "COpenDKIM", providers: [.apt(["libopendkim-dev"])]),
         .systemLibrary(name: "COpenDMARC", providers: [.apt(["libopendmarc-dev"])]),
+        .systemLibrary(name: "CMilter", providers: [.apt(["libmilter-dev"])]),
         .target(name: "SluiceDNS", dependencies: ["CUnbound", "SluiceStageAPI"]),
         .executableTarget(name: "StageRegistryGenerator"),
         .plugin(name: "StageRegistration", capability: .buildTool(), dependencies: ["StageRegistryGenerator"]),
@@ -40,7 +44,10 @@ let package = Package(
                 permissions: [.writeToPackageDirectory(reason: "writes the new stage's source and test files")]
             )
         ),
-        .target(name: "LocalStages", dependencies: ["SluiceStageAPI"], plugins: ["StageRegistration"]),
+        .target(name: "LocalStages", dependencies: [
+            "SluiceStageAPI",
+            .product(name: "GRDB", package: "GRDB.swift"),
+        ], plugins: ["StageRegistration"]),
         .target(name: "SluiceStageTesting", dependencies: [
             "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceDNS",
             .product(name: "Logging", package: "swift-log"),

@@ -3,13 +3,13 @@
 # Usage: scripts/install-deps.sh build|run|test|bench
 set -euo pipefail
 what=${1:-test}
-# The C libraries the build links (libspf2, libunbound, libopendkim, libopendmarc, libxcrypt)
+# The C libraries the build links (libspf2, libunbound, libopendkim, libopendmarc, libmilter, SQLite, libxcrypt)
 # and the Public Suffix List, then what each use needs.
-pkgs=(libspf2-dev libunbound-dev libopendkim-dev libopendmarc-dev libcrypt-dev publicsuffix pkg-config)
+pkgs=(libspf2-dev libunbound-dev libopendkim-dev libopendmarc-dev libmilter-dev libsqlite3-dev libcrypt-dev publicsuffix pkg-config)
 case "$what" in
   build) ;;
   run)   pkgs+=(swaks) ;;
-  test)  pkgs+=(swaks postfix openssl python3-pytest python3-aiosmtpd python3-dnslib python3-yaml python3-pip python3-dkim opendkim opendkim-tools spamassassin spamc spamass-milter rspamd python3-milter procps) ;;
+  test)  pkgs+=(swaks postfix openssl python3-pytest python3-aiosmtpd python3-dnslib python3-yaml python3-pip python3-dkim opendkim opendkim-tools spamassassin spamc spamass-milter rspamd python3-milter miltertest procps) ;;
   bench) pkgs+=(postfix python3 python3-dnslib procps) ;;
   *) echo "usage: $0 build|run|test|bench" >&2; exit 2 ;;
 esac

@@ -1,0 +1,3 @@
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <libmilter/mfapi.h>
