@@ -34,6 +34,19 @@ public struct MessageDraft: Sendable {
         a.localPart == b.localPart && a.normalizedDomain == b.normalizedDomain
     }
 
+    /// Puts what the transaction's stages recorded on top of the header section: the trace fields
+    /// (`ResultRecorder.prepend`), and above them one `Authentication-Results` field for
+    /// `hostname` when there are results.
+    public mutating func prependRecorded(_ results: ResultRecorder, hostname: String) {
+        var top = results.prepended
+        if let value = AuthenticationResultsHeader.value(hostname: hostname, results: results.all) {
+            top.insert(.make(name: AuthenticationResultsHeader.name, value: value), at: 0)
+        }
+        guard !top.isEmpty else { return }
+        headers.insert(contentsOf: top, at: 0)
+        headersChanged = true
+    }
+
     /// Applies one edit. Header edits follow milter semantics: changing a field that does not
     /// exist adds it; changing to an empty value deletes it.
     public mutating func apply(_ edit: MessageEdit) {

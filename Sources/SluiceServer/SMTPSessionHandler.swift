@@ -482,9 +482,8 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     private func commit(_ eom: StageChain.EndOfMessageResult, section: HeaderSection, transaction tx: SessionStateMachine.Transaction) {
         var eom = eom
         trace += eom.trace
-        if let results = machine.transactionInfo?.results.all,
-           let value = AuthenticationResultsHeader.value(hostname: server.session.hostname, results: results) {
-            eom.draft.apply(.insertHeader(index: 0, name: AuthenticationResultsHeader.name, value: value))
+        if let results = machine.transactionInfo?.results {
+            eom.draft.prependRecorded(results, hostname: server.session.hostname)
         }
         var verdict = eom.verdict
         if case .continue = verdict, let held = machine.heldVerdict { verdict = held }

@@ -44,10 +44,12 @@ public struct AuthenticationResult: Sendable, Hashable, Codable {
     }
 }
 
-/// The results recorded for one transaction, in the order stages recorded them.
+/// The results recorded for one transaction, in the order stages recorded them, and the trace
+/// fields stages asked to have put on top of the message.
 public final class ResultRecorder: Sendable {
     private let store = StageState()
     private static let key = StateKey<[AuthenticationResult]>("results")
+    private static let fieldsKey = StateKey<[HeaderField]>("trace-fields")
 
     public init() {}
 
@@ -56,6 +58,17 @@ public final class ResultRecorder: Sendable {
     }
 
     public var all: [AuthenticationResult] { store[Self.key] ?? [] }
+
+    /// Asks for `field` on top of the message, e.g. `Received-SPF`, from any phase before end of
+    /// message. The gateway puts these fields above the message (the latest recorded on top, as if
+    /// each were inserted at index 0), and `Authentication-Results` above them, when it spools the
+    /// message. A stage that only adds such fields needs no end-of-message phase.
+    public func prepend(_ field: HeaderField) {
+        store[Self.fieldsKey] = (store[Self.fieldsKey] ?? []) + [field]
+    }
+
+    /// The fields recorded with `prepend(_:)`, in the order they go on top of the message.
+    public var prepended: [HeaderField] { (store[Self.fieldsKey] ?? []).reversed() }
 }
 
 private extension String {
