@@ -127,7 +127,9 @@ private struct AnswerCache {
 
     func answer(for key: Key, now: UInt64) -> DNSAnswer? {
         guard let entry = entries[key], entry.expires > now else { return nil }
-        return entry.answer
+        var answer = entry.answer
+        answer.ttl = Int((entry.expires - now + 999) / 1000)  // what is left of it
+        return answer
     }
 
     mutating func store(_ answer: DNSAnswer, for key: Key, now: UInt64) {

@@ -3,18 +3,19 @@ struct StageTimeout: Error {}
 
 /// Runs `body`, giving up after `timeout`. The body is cancelled when the time runs out; a body
 /// that ignores cancellation is left to finish in the background, but the caller is not held.
+/// The body runs on `StageRunner.current`'s executor and the timer is one of its timers.
 func withTimeout<T: Sendable>(_ timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
     let race = RaceBox<T>()
+    let runner = StageRunner.current
     return try await withCheckedThrowingContinuation { continuation in
         race.arm(continuation)
-        let work = Task {
+        let work = Task(executorPreference: runner.executor) {
             do { race.resolve(.success(try await body())) } catch { race.resolve(.failure(error)) }
         }
-        let timer = Task {
-            try? await Task.sleep(for: timeout)
+        let cancelTimer = runner.schedule(timeout) {
             if race.resolve(.failure(StageTimeout())) { work.cancel() }
         }
-        race.onResolve { timer.cancel() }
+        race.onResolve(cancelTimer)
     }
 }
 

@@ -30,6 +30,8 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     private var outbound = ByteBuffer()
     private var context: ChannelHandlerContext!
     private var logger: Logger
+    /// Stage calls run on this connection's event loop.
+    private var stageRunner = StageRunner.global
 
     /// Waiting on stages or the disk: input stays buffered until the work completes.
     private var busy = false
@@ -66,6 +68,7 @@ final class SMTPSessionHandler: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        stageRunner = .on(context.eventLoop)
         inbound = context.channel.allocator.buffer(capacity: 1024)
         outbound = context.channel.allocator.buffer(capacity: 1024)
     }
@@ -458,8 +461,9 @@ final class SMTPSessionHandler: ChannelInboundHandler {
             let body: @Sendable (MessageDraft) -> MessageBody = { [draftBody = draft.body(from: bodyOffset)] d in
                 d.replacementBodyPath.map { SpoolReader.body(path: $0, from: 0, length: nil, threadPool: spool.threadPool) } ?? draftBody
             }
+            let (runner, initial) = (stageRunner, initial)
             stagesDone = draft.flush().flatMap {
-                eventLoop.makeFutureWithTask {
+                runner.run(on: eventLoop) {
                     await chain.endOfMessage(draft: initial, receivedSize: receivedSize, body: body, session: session, transaction: txInfo)
                 }
             }
@@ -608,7 +612,7 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     private func runAsync<T: Sendable>(
         _ work: @escaping @Sendable () async -> T, then: @escaping (SMTPSessionHandler, T) -> Void
     ) {
-        wait(context.eventLoop.makeFutureWithTask(work)) { handler, result in
+        wait(stageRunner.run(on: context.eventLoop, work)) { handler, result in
             if case .success(let value) = result { then(handler, value) }
         }
     }

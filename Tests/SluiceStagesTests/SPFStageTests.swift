@@ -20,16 +20,14 @@ struct SPFStageTests {
 
     func from(_ address: String) -> TransactionInfo { transaction(.mailbox(mb(address))) }
 
-    /// Runs MAIL FROM then end of message; returns the verdict, the recorded results and the edits.
+    /// Runs MAIL FROM; returns the verdict, the recorded results and the trace fields to put on
+    /// top of the message (top first).
     func run(_ stage: SPFStage, client: String = "192.0.2.1", helo: String? = "helo.test", sender: ReversePath,
-             sessionState: StageState = StageState()) async throws -> (StageVerdict, [AuthenticationResult], [MessageEdit]) {
+             sessionState: StageState = StageState()) async throws -> (StageVerdict, [AuthenticationResult], [HeaderField]) {
         let s = session(client: client, helo: helo, state: sessionState)
         let t = transaction(sender)
         let verdict = try await stage.mailFrom(session: s, transaction: t)
-        let message = MessageView(headers: [HeaderField(name: "Subject", value: " hi")], body: MessageBody(bytes: []), receivedSize: 0)
-        let decision = try await stage.endOfMessage(message, session: s, transaction: t)
-        #expect(decision.verdict == .continue)
-        return (verdict, t.results.all, decision.edits)
+        return (verdict, t.results.all, t.results.prepended)
     }
 
     /// "550 5.7.23" for a reject or tempfail, nil otherwise.
@@ -50,7 +48,7 @@ struct SPFStageTests {
     @Test func factoryAndPhases() throws {
         #expect(SPFStage.factory.name == "spf")
         let stage = try Self.stage()
-        #expect(stage.phases == [.mailFrom, .endOfMessage])
+        #expect(stage.phases == [.mailFrom])
         #expect(stage.capabilities == .addsHeaders)
         #expect(stage.actions == [.pass: .tag, .fail: .reject, .softfail: .tag, .neutral: .tag, .none: .tag,
                                   .permerror: .tag, .temperror: .tag])
@@ -106,12 +104,9 @@ struct SPFStageTests {
         #expect(verdict == .continue)
         #expect(results == [AuthenticationResult(method: "spf", result: "fail", properties: [.init("smtp.mailfrom", "user@pass.test")])])
         #expect(edits.count == 1)
-        guard case .insertHeader(let index, let name, let value) = edits.first else {
-            Issue.record("expected an insertHeader edit, got \(edits)")
-            return
-        }
-        #expect(index == 0)
-        #expect(name == "Received-SPF")
+        guard let field = edits.first else { Issue.record("expected a Received-SPF field"); return }
+        let value = field.unfoldedValue
+        #expect(field.name == "Received-SPF")
         #expect(value.hasPrefix("fail (mx.example.test: domain of user@pass.test does not designate 198.51.100.1 as permitted sender)"))
         for pair in ["client-ip=198.51.100.1", "envelope-from=user@pass.test", "helo=helo.test", "receiver=mx.example.test", "identity=mailfrom"] {
             #expect(value.contains(pair), "\(pair)")
@@ -122,7 +117,8 @@ struct SPFStageTests {
         let (verdict, results, edits) = try await run(Self.stage(), sender: .mailbox(mb("user@pass.test")))
         #expect(verdict == .continue)
         #expect(results.map(\.resinfo) == ["spf=pass smtp.mailfrom=user@pass.test"])
-        guard case .insertHeader(0, "Received-SPF", let value) = edits.first else { Issue.record("\(edits)"); return }
+        guard let field = edits.first, field.name == "Received-SPF" else { Issue.record("\(edits)"); return }
+        let value = field.unfoldedValue
         #expect(value.hasPrefix("pass "))
     }
 
@@ -137,7 +133,8 @@ struct SPFStageTests {
         let (verdict, results, edits) = try await run(Self.stage(), client: "192.0.2.9", helo: "helo.test", sender: .null)
         #expect(verdict == .reject(550, "5.7.23", "SPF fail: helo.test does not authorize 192.0.2.9 to send its mail (SPF)"))
         #expect(results.map(\.resinfo) == ["spf=fail smtp.helo=helo.test"])
-        guard case .insertHeader(0, "Received-SPF", let value) = edits.first else { Issue.record("\(edits)"); return }
+        guard let field = edits.first, field.name == "Received-SPF" else { Issue.record("\(edits)"); return }
+        let value = field.unfoldedValue
         #expect(value.contains("identity=helo"))
         #expect(value.contains("envelope-from=postmaster@helo.test"))
     }
@@ -150,13 +147,9 @@ struct SPFStageTests {
         #expect(verdict == .continue)
         #expect(results.map(\.resinfo) == ["spf=pass smtp.helo=helo.test", "spf=fail smtp.mailfrom=user@fail.test"])
         #expect(edits.count == 2)
-        // Prepended in reverse: the fields read in check order.
-        if case .insertHeader(0, _, let first) = edits.first, case .insertHeader(0, _, let second) = edits.last {
-            #expect(second.contains("identity=helo"))
-            #expect(first.contains("identity=mailfrom"))
-        } else {
-            Issue.record("\(edits)")
-        }
+        // The fields read in check order from the top.
+        #expect(edits.first?.value.contains("identity=helo") == true)
+        #expect(edits.last?.value.contains("identity=mailfrom") == true)
         // The null sender's check is the HELO check: one result, no second check.
         let (_, nullResults, nullEdits) = try await run(stage, helo: "helo.test", sender: .null, sessionState: state)
         #expect(nullResults.map(\.resinfo) == ["spf=pass smtp.helo=helo.test"])

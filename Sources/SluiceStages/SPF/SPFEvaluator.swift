@@ -34,13 +34,16 @@ public final class SPFEvaluator: Sendable {
     private let limits: Limits
     private let threadPool: NIOThreadPool
     private let defaultExplanation: String
+    private let cache: SPFResultCache
 
     /// - Parameters:
     ///   - receiver: the receiving host's name (`%{r}`, Received-SPF `receiver=`).
     ///   - threads: concurrent checks; each blocks one pool thread while it waits for DNS.
     ///   - defaultExplanation: the explain-string (macros allowed) for a fail without `exp=`.
+    ///   - cacheSize: results kept for repeated checks, each no longer than its DNS data's TTL; 0: none.
     public init(resolver: any DNSResolver, receiver: String, limits: Limits = Limits(), threads: Int = 16,
-                defaultExplanation: String = SPFEvaluator.standardExplanation) {
+                defaultExplanation: String = SPFEvaluator.standardExplanation, cacheSize: Int = 10_000) {
+        cache = SPFResultCache(capacity: cacheSize)
         self.resolver = resolver
         self.defaultExplanation = defaultExplanation
         self.receiver = receiver
@@ -75,10 +78,17 @@ public final class SPFEvaluator: Sendable {
             outcome.problem = "'\(domain)' is not a valid domain name"
             return outcome
         }
+        let key = SPFResultCache.Key(identity: identity, ip: ip.bytes, domain: domain, sender: sender, helo: helo)
         let check = SPFCheck(resolver: resolver, receiver: receiver, limits: limits, ip: ip, sender: sender, helo: helo, domain: domain)
         check.defaultExplanation = defaultExplanation
         do {
-            let found = try await threadPool.runIfActive { check.run() }
+            let found: SPFCheck.Found
+            if let cached = cache.found(for: key) {
+                found = cached
+            } else {
+                found = try await threadPool.runIfActive { check.run() }
+                cache.store(found, ttl: check.dataTTL, for: key)
+            }
             outcome.result = found.result
             outcome.explanation = found.explanation
             outcome.problem = found.problem
@@ -140,6 +150,8 @@ final class SPFCheck: @unchecked Sendable {
     let deadline: DispatchTime
 
     private(set) var queries = 0
+    /// The shortest TTL of the answers the check read, in seconds; nil once a query failed.
+    private(set) var dataTTL: Int? = .max
     /// `SLUICE_SPF_DEBUG=1` traces every query and record to stderr (for `sluice spf check`).
     static let debug = getenv("SLUICE_SPF_DEBUG") != nil
     func trace(_ s: @autoclosure () -> String) {
@@ -369,6 +381,10 @@ final class SPFCheck: @unchecked Sendable {
             return .failure(DNSError(.timeout, "the SPF check ran out of time"))
         }
         let result = box.withLock { $0! }
+        switch result {
+        case .success(let answer): dataTTL = dataTTL.map { min($0, answer.ttl) }
+        case .failure: dataTTL = nil
+        }
         trace("query \(name)/\(type) -> \((try? result.get()).map { "\($0.responseCode) \($0.records)" } ?? "\(result)")")
         return result
     }

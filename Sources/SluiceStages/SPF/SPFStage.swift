@@ -14,11 +14,15 @@ import SluiceStageAPI
 /// - `max_void_lookups` (default 2), `max_dns_terms` (default 10), `max_time_ms` (default 20000):
 ///   limits of one check (RFC 7208 4.6.4); past them the result is permerror (temperror for time).
 /// - `threads` (default 16): checks that can wait for DNS at once.
+/// - `cache_size` (default 10000): results kept for repeated checks of the same client,
+///   sender and HELO, each no longer than the shortest TTL of the DNS answers it came from; 0
+///   turns the cache off.
 /// - `default_explanation` (default "%{o} does not authorize %{c} to send its mail (SPF)"): the
 ///   text of a fail's 550 reply when the domain has no `exp=` (macros as in RFC 7208 7).
 ///
 /// "tag" continues; every result is recorded for Authentication-Results (`spf=... smtp.mailfrom=...`)
-/// and the message gets a `Received-SPF:` field (RFC 7208 9.1) at the top.
+/// and the message gets a `Received-SPF:` field (RFC 7208 9.1) at the top, recorded at MAIL FROM
+/// for the gateway to prepend when it spools the message (no end-of-message work).
 public struct SPFStage: Stage {
     public enum Action: String, Sendable, CaseIterable {
         case tag, reject, tempfail
@@ -30,7 +34,7 @@ public struct SPFStage: Stage {
     let evaluator: SPFEvaluator
     let receiver: String
 
-    public var phases: Set<StagePhase> { [.mailFrom, .endOfMessage] }
+    public var phases: Set<StagePhase> { [.mailFrom] }
     public var capabilities: StageCapabilities { .addsHeaders }
 
     public static let factory = StageFactory(
@@ -61,6 +65,7 @@ public struct SPFStage: Stage {
         limits.dnsTerms = try config.int("max_dns_terms", default: 10, range: 1...100)
         limits.time = .milliseconds(try config.int("max_time_ms", default: 20_000, range: 100...600_000))
         let threads = try config.int("threads", default: 16, range: 1...256)
+        let cacheSize = try config.int("cache_size", default: 10_000, range: 0...10_000_000)
         let explanation = try config.string("default_explanation", default: SPFEvaluator.standardExplanation)
         if let problem = SPFMacroString.problem(explanation, explanation: true) {
             throw config.error("default_explanation", problem)
@@ -68,17 +73,17 @@ public struct SPFStage: Stage {
         receiver = environment.hostname
         evaluator = SPFEvaluator(
             resolver: environment.resolver, receiver: environment.hostname, limits: limits, threads: threads,
-            defaultExplanation: explanation
+            defaultExplanation: explanation, cacheSize: cacheSize
         )
     }
 
-    private static let outcomesKey = StateKey<[SPFOutcome]>("spf.outcomes")
     private static let heloKey = StateKey<SPFOutcome>("spf.helo")
 
     public func mailFrom(session: SessionInfo, transaction: TransactionInfo) async throws -> StageVerdict {
         guard let ip = IPAddress(session.clientAddress), !skipClients.contains(where: { $0.contains(ip) }) else { return .continue }
         let helo = session.heloName ?? ""
         var outcomes: [SPFOutcome] = []
+        defer { addTraceFields(outcomes, to: transaction) }
         if checkHELO && !helo.isEmpty {
             let outcome: SPFOutcome
             if let cached = session.state[Self.heloKey], cached.helo == helo {
@@ -88,30 +93,25 @@ public struct SPFStage: Stage {
                 session.state[Self.heloKey] = outcome
             }
             outcomes.append(outcome)
-            transaction.results.record(outcome.authenticationResult)
             let verdict = self.verdict(for: outcome)
-            if verdict != .continue {
-                transaction.state[Self.outcomesKey] = outcomes
-                return verdict
-            }
+            if verdict != .continue { return verdict }
         }
         let sender = transaction.sender.mailbox.map { "\($0)" } ?? ""
         if !(checkHELO && sender.isEmpty) {  // the null sender's check is the HELO check
             let outcome = await evaluator.check(ip: ip, sender: sender, helo: helo)
             outcomes.append(outcome)
-            transaction.results.record(outcome.authenticationResult)
-            transaction.state[Self.outcomesKey] = outcomes
             return verdict(for: outcome)
         }
-        transaction.state[Self.outcomesKey] = outcomes
         return .continue
     }
 
-    public func endOfMessage(_ message: MessageView, session: SessionInfo, transaction: TransactionInfo) async throws -> StageDecision {
-        let outcomes = transaction.state[Self.outcomesKey] ?? []
-        // Prepended in reverse so the fields read in check order, above our Received (RFC 7208 9.1).
-        let edits = outcomes.reversed().map { MessageEdit.insertHeader(index: 0, name: "Received-SPF", value: $0.receivedSPF(receiver: receiver)) }
-        return StageDecision(.continue, edits: edits)
+    /// Records each check's result and its `Received-SPF` field; the fields read in check order,
+    /// above our Received (RFC 7208 9.1).
+    private func addTraceFields(_ outcomes: [SPFOutcome], to transaction: TransactionInfo) {
+        for outcome in outcomes { transaction.results.record(outcome.authenticationResult) }
+        for outcome in outcomes.reversed() {
+            transaction.results.prepend(.make(name: "Received-SPF", value: outcome.receivedSPF(receiver: receiver)))
+        }
     }
 
     func verdict(for outcome: SPFOutcome) -> StageVerdict {
