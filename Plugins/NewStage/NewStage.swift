@@ -1,7 +1,7 @@
 import Foundation
 import PackagePlugin
 
-/// `swift package --allow-writing-to-package-directory new-stage Greylist`: a new stage in the
+/// `swift package --allow-writing-to-package-directory new-stage SubjectFilter`: a new stage in the
 /// local stages target (its source with the config documentation stub in its doc comment) and
 /// its test. The StageRegistration plugin registers it on the next build.
 @main

@@ -1,8 +1,12 @@
-"""The stages of the LocalStages target (dnsbl, rate-limit) through real SMTP sessions;
-dnsbl asks the test DNS server (dnsserver.py) through the gateway's resolver."""
+"""The stages of the LocalStages target (dnsbl, rate-limit, greylist) through real SMTP sessions;
+dnsbl asks the test DNS server (dnsserver.py) through the gateway's resolver, greylist keeps
+its SQLite file in the gateway's directory."""
 from __future__ import annotations
 
-from conftest import dns_section
+import smtplib
+import time
+
+from conftest import dns_section, make_message
 
 
 def attempt(gw, rcpt="user@example.test"):
@@ -71,7 +75,6 @@ def test_rate_limit_messages_and_recipients(gateway_factory):
 def test_rate_limit_connections(gateway_factory):
     gw = gateway_factory(stages=[{"use": "rate-limit", "client_connections": 3}], start=False)
     gw.start(wait=False)
-    import time
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -90,3 +93,37 @@ def test_rate_limit_connections(gateway_factory):
         finally:
             c.close()
     assert codes[:3] == [220, 220, 220] and codes[3:] == [421, 421], codes
+
+
+def test_greylist_defers_a_new_triplet_passes_the_retry_and_survives_a_restart(gateway_factory):
+    """Python's smtplib as the retrying client: the first RCPT gets 451 4.7.1 naming the delay, a
+    retry after delay_s is accepted and delivered, and the triplet is read back from the SQLite
+    file by a gateway started again (after SIGKILL)."""
+    gw = gateway_factory(stages=[{"use": "greylist", "delay_s": 2}])
+    database = gw.dir / "greylist.sqlite"   # the default, next to pipeline.conf
+
+    def rcpt(rcpt_to, sender="a@example.org"):
+        with smtplib.SMTP("127.0.0.1", gw.port, local_hostname="client.test", timeout=10) as s:
+            s.ehlo()
+            assert s.mail(sender)[0] == 250
+            return s.rcpt(rcpt_to)
+
+    first_attempt = time.monotonic()
+    code, text = rcpt("user@example.test")
+    assert (code, text.decode()) == (451, "4.7.1 Greylisted: please retry in 2 seconds"), (code, text)
+    code, text = rcpt("user@example.test")
+    assert code == 451 and text.decode().startswith("4.7.1 Greylisted: please retry in "), (code, text)
+    assert database.is_file(), "the database is created next to pipeline.conf"
+
+    gw.restart()   # SIGKILL, then start again on the same config and database
+    time.sleep(max(0.0, first_attempt + 2.2 - time.monotonic()))
+    with smtplib.SMTP("127.0.0.1", gw.port, local_hostname="client.test", timeout=10) as s:
+        refused = s.sendmail("a@example.org", ["user@example.test"],
+                             make_message("greylist-1@client.test", subject="greylisted once"))
+    assert refused == {}, refused
+    msgs = gw.wait_for_mail("user@example.test")
+    assert b"greylisted once" in msgs[0]
+
+    code, text = rcpt("other@example.test")
+    assert (code, text.decode()) == (451, "4.7.1 Greylisted: please retry in 2 seconds"), \
+        "after the restart a new triplet is still greylisted"

@@ -3,7 +3,7 @@ with the command plugin, enables it in pipeline.conf, rebuilds, and sees it act 
 session").
 
 The README's steps, run in a scratch copy of the package: `swift package
---allow-writing-to-package-directory new-stage Greylist`, a `[[stage]] use = "greylist"` in
+--allow-writing-to-package-directory new-stage SubjectFilter`, a `[[stage]] use = "subject-filter"` in
 pipeline.conf, `swift build`, then a swaks session against the rebuilt gateway. The copy is
 built from nothing, so this test takes several minutes.
 """
@@ -41,22 +41,22 @@ def test_readme_new_stage_walkthrough(tmp_path):
     shutil.copytree(REPO, pkg, ignore=shutil.ignore_patterns(".build*", ".cache", "var", ".git", "__pycache__", "Package.resolved"))
 
     # 1. Scaffold the stage with the command plugin.
-    out = run(["swift", "package", "--allow-writing-to-package-directory", "new-stage", "Greylist"], pkg)
-    assert (pkg / "Sources/LocalStages/GreylistStage.swift").exists(), out
-    assert (pkg / "Tests/LocalStagesTests/GreylistStageTests.swift").exists(), out
-    assert 'use = "greylist"' in out
+    out = run(["swift", "package", "--allow-writing-to-package-directory", "new-stage", "SubjectFilter"], pkg)
+    assert (pkg / "Sources/LocalStages/SubjectFilterStage.swift").exists(), out
+    assert (pkg / "Tests/LocalStagesTests/SubjectFilterStageTests.swift").exists(), out
+    assert 'use = "subject-filter"' in out
 
     # 2. Enable it in pipeline.conf (on a port and spool of this test's own).
     port = free_port()
     conf = (pkg / "pipeline.conf").read_text()
     conf = conf.replace("127.0.0.1:2525", f"127.0.0.1:{port}")
-    conf += '\n[[stage]]\nuse = "greylist"\nreject_subject = "forbidden"\n'
+    conf += '\n[[stage]]\nuse = "subject-filter"\nreject_subject = "forbidden"\n'
     (pkg / "pipeline.conf").write_text(conf)
 
     # 3. Rebuild: the StageRegistration plugin registers the new stage, no core code changes.
     run(["swift", "build", "--product", "sluice"], pkg)
     check = run([str(pkg / ".build/debug/sluice"), "check-config", "--config", "pipeline.conf"], pkg, timeout=120)
-    assert 'greylist (use = "greylist")' in check, check
+    assert 'greylist (use = "subject-filter")' in check, check
 
     # 4. See it act on a swaks session.
     gw = subprocess.Popen([str(pkg / ".build/debug/sluice"), "run", "--config", "pipeline.conf"], cwd=pkg,
@@ -70,7 +70,7 @@ def test_readme_new_stage_walkthrough(tmp_path):
             time.sleep(0.5)
         assert "250 2.0.0 Ok: queued" in out, out
         refused = swaks(port, "forbidden fruit")
-        assert "550 5.7.1 Message refused by greylist" in refused, refused
+        assert "550 5.7.1 Message refused by subject-filter" in refused, refused
     finally:
         gw.terminate()
         try:
