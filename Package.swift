@@ -90,8 +90,14 @@ let package = Package(
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
+        .target(name: "SluiceMilterServer", dependencies: [
+            "CMilter", "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceSpool",
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+        ]),
         .executableTarget(name: "sluice", dependencies: [
-            "SluiceRuntime", "SluiceSpool", "SluiceStageAPI", "SluicePipeline", "SluiceDNS", "SluiceStages", "SluiceServer",
+            "SluiceRuntime", "SluiceMilterServer", "SluiceSpool", "SluiceStageAPI", "SluicePipeline", "SluiceDNS", "SluiceStages", "SluiceServer",
             .product(name: "X509", package: "swift-certificates"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "_CryptoExtras", package: "swift-crypto"),
@@ -116,6 +122,9 @@ let package = Package(
         .testTarget(name: "SluiceStagesTests", dependencies: [
             "SluiceStages", "SluiceStageAPI", "SMTPCore", "SluiceDNS",
             .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "SluiceMilterServerTests", dependencies: [
+            "SluiceMilterServer", "SluicePipeline", "SluiceStageAPI", "SMTPCore",
         ]),
         .testTarget(name: "SluiceRuntimeTests", dependencies: [
             "SluiceRuntime", "SluiceStageAPI", "SluicePipeline", "SluiceServer", "SluiceStages", "SMTPCore",

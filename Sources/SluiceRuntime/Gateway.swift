@@ -27,11 +27,7 @@ public final class Gateway: Sendable {
     public init(config: GatewayConfig, registry: StageRegistry, logger: Logger) throws {
         self.logger = logger
         self.config = config.resolved
-        do {
-            resolver = try UnboundResolver(configuration: config.dns)
-        } catch let error as DNSError {
-            throw ConfigError(file: config.file, line: nil, key: "dns", message: error.message)
-        }
+        resolver = try config.makeResolver()
         chain = try registry.buildChain(config, logger: logger, resolver: resolver)
         threadPool = NIOThreadPool(numberOfThreads: config.deliveryConcurrency + 32)
         threadPool.start()
@@ -134,6 +130,16 @@ public final class Gateway: Sendable {
 }
 
 extension GatewayConfig {
+    /// The one resolver of `[dns]` (libunbound), for the stages and delivery; a `[dns]` it cannot
+    /// use is a config error naming the table.
+    public func makeResolver() throws -> any DNSResolver {
+        do {
+            return try UnboundResolver(configuration: dns)
+        } catch let error as DNSError {
+            throw ConfigError(file: file, line: nil, key: "dns", message: error.message)
+        }
+    }
+
     /// The few settings the running gateway keeps.
     public struct Resolved: Sendable {
         public var hostname: String

@@ -110,12 +110,14 @@ public struct GatewayConfig {
     public var mxTLS: RelayTLSPolicy
     public var relayTimeouts: RelayTimeouts
 
-    public static func load(path: String) throws -> GatewayConfig {
+    /// - Parameter stagesOnly: for `sluice milter`, which runs only the stage chain: no
+    ///   `[[listener]]` is required (listeners, routes and the rest are read and checked if present).
+    public static func load(path: String, stagesOnly: Bool = false) throws -> GatewayConfig {
         let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
-        return try GatewayConfig(file: try ConfigFile(path: absolute))
+        return try GatewayConfig(file: try ConfigFile(path: absolute), stagesOnly: stagesOnly)
     }
 
-    public init(file: ConfigFile) throws {
+    public init(file: ConfigFile, stagesOnly: Bool = false) throws {
         self.file = file.path
         self.directory = (file.path as NSString).deletingLastPathComponent
         let root = file.table("", file.root)
@@ -276,7 +278,7 @@ public struct GatewayConfig {
             listeners.append(Listener(address: socket, kind: kind, proxyProtocol: proxy, proxyFrom: proxyFrom))
             listenerTexts.append(address)
         }
-        if listeners.isEmpty {
+        if listeners.isEmpty && !stagesOnly {
             throw ConfigError(file: file.path, line: nil, key: "listener", message: "at least one [[listener]] with an address is needed")
         }
 

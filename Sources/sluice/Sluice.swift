@@ -11,7 +11,7 @@ struct Sluice: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sluice",
         abstract: "An SMTP gateway with a programmable stage pipeline.",
-        subcommands: [Run.self, CheckConfig.self, Queue.self, SPF.self, TLS.self, Passwd.self, DKIM.self]
+        subcommands: [Run.self, CheckConfig.self, Milter.self, Queue.self, SPF.self, TLS.self, Passwd.self, DKIM.self]
     )
 }
 
