@@ -9,10 +9,14 @@ public struct StageRegistry: Sendable {
     private var factories: [String: StageFactory] = [:]
     public private(set) var names: [String] = []
 
+    /// By default every built-in stage and every stage of `LocalStages`, as `sluice run` has
+    /// them; a program of your own adds its stages with `register(_:)`.
     public init(_ factories: [StageFactory] = BuiltinStages.all + LocalStages.all) {
         for f in factories { register(f) }
     }
 
+    /// Makes `factory` available as `use = "<factory.name>"`; a factory of a name already
+    /// registered replaces it.
     public mutating func register(_ factory: StageFactory) {
         if factories[factory.name] == nil { names.append(factory.name) }
         factories[factory.name] = factory

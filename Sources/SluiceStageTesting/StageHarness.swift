@@ -5,8 +5,9 @@ import SluiceStageAPI
 
 /// Drives one stage through a session without sockets: connect, HELO, MAIL, RCPT, the message
 /// (header section, body chunks, end of message), disconnect; each step returns what the stage
-/// decided. End-of-message edits are applied as the gateway applies them, so a test can look at
-/// the resulting message.
+/// decided. End-of-message edits are applied as the gateway applies them, and the fields stages
+/// recorded (`ResultRecorder.prepend`, Authentication-Results) are put on top, so a test can look
+/// at the resulting message.
 ///
 /// ```swift
 /// var h = StageHarness(stage: try MyStage(config: .testing(["threshold": .int(3)])))
@@ -127,6 +128,8 @@ public struct StageHarness {
             decision = try await stage.endOfMessage(view, session: session, transaction: tx)
             for edit in decision.edits { draft.apply(edit) }
         }
+        // What the gateway puts on top when it spools: recorded trace fields, Authentication-Results.
+        if dataVerdict == .continue { draft.prependRecorded(tx.results, hostname: session.serverHostname) }
         var finalBody = body
         if let path = draft.replacementBodyPath, let data = FileManager.default.contents(atPath: path) {
             finalBody = Array(data)

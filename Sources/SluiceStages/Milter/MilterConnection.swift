@@ -64,7 +64,7 @@ final class MilterConnection: @unchecked Sendable {
 
     static func open(_ socket: Socket, timeout: Duration) async throws -> MilterConnection {
         let ms = Int64(timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
-        let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connectTimeout(.milliseconds(ms))
+        let bootstrap = ClientBootstrap(group: currentEventLoop()).connectTimeout(.milliseconds(ms))
         let channel: any Channel
         do {
             switch socket {

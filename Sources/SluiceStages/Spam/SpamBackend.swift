@@ -81,7 +81,7 @@ enum SpamScanner {
         case .spamd(let h, let p), .rspamd(let h, let p): (h, p)
         }
         let ms = deadline.components.seconds * 1000 + deadline.components.attoseconds / 1_000_000_000_000_000
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        let channel = try await ClientBootstrap(group: currentEventLoop())
             .connectTimeout(.milliseconds(max(1, min(ms, 10_000))))
             .connect(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
