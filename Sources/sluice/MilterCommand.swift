@@ -36,12 +36,7 @@ struct Milter: AsyncParsableCommand {
         } catch let error as ConfigError {
             throw Failure("\(error)")
         }
-        let level = Logger.Level(rawValue: config.logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        config.bootstrapLogging()
         let logger = Logger(label: "sluice-milter")
         let server: MilterServer
         do {

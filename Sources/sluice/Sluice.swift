@@ -41,12 +41,7 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         let config = try options.load()
-        let level = Logger.Level(rawValue: config.logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        config.bootstrapLogging()
         let logger = Logger(label: "sluice")
         do {
             let gateway = try Gateway(config: config, registry: StageRegistry(), logger: logger)

@@ -18,12 +18,7 @@ guard arguments.isEmpty || (arguments.count == 2 && arguments[0] == "--config") 
 
 do {
     let config = try GatewayConfig.load(path: arguments.last ?? "pipeline.conf")
-    let level = Logger.Level(rawValue: config.logLevel) ?? .info
-    LoggingSystem.bootstrap { label in
-        var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = level
-        return handler
-    }
+    config.bootstrapLogging()                       // stderr at [server] log_level
     var registry = StageRegistry()                  // every built-in stage
     registry.register(SubjectTagStage.factory)      // and ours: `use = "subject-tag"`
     let gateway = try Gateway(config: config, registry: registry, logger: Logger(label: "subject-tagger"))
