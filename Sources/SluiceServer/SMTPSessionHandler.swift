@@ -279,14 +279,14 @@ final class SMTPSessionHandler: ChannelInboundHandler {
                 let b = await chain.bodyChunk(bodyChunk, session: session, transaction: tx)
                 return StageChain.PhaseResult(verdict: b.verdict, trace: h.trace + b.trace)
             }) { handler, result in
-                handler.trace += result.trace
+                handler.trace.appendFoldingData(result.trace)
                 handler.dataVerdict = result.verdict
             }
             return
         }
         let bodyChunk = Array(chunk.readableBytesView)
         runAsync({ await chain.bodyChunk(bodyChunk, session: session, transaction: tx) }) { handler, result in
-            handler.trace += result.trace
+            handler.trace.appendFoldingData(result.trace)
             handler.dataVerdict = result.verdict
         }
     }
@@ -457,16 +457,15 @@ final class SMTPSessionHandler: ChannelInboundHandler {
 
         let stagesDone: EventLoopFuture<StageChain.EndOfMessageResult>
         if chain.hooks(.endOfMessage) {
-            let bodyOffset = section.bodyOffset
-            let body: @Sendable (MessageDraft) -> MessageBody = { [draftBody = draft.body(from: bodyOffset)] d in
+            // Written to disk only if a stage reads the body.
+            let (draftBody, settled) = draft.lazyBody(from: section.bodyOffset)
+            let body: @Sendable (MessageDraft) -> MessageBody = { d in
                 d.replacementBodyPath.map { SpoolReader.body(path: $0, from: 0, length: nil, threadPool: spool.threadPool) } ?? draftBody
             }
             let (runner, initial) = (stageRunner, initial)
-            stagesDone = draft.flush().flatMap {
-                runner.run(on: eventLoop) {
-                    await chain.endOfMessage(draft: initial, receivedSize: receivedSize, body: body, session: session, transaction: txInfo)
-                }
-            }
+            stagesDone = runner.run(on: eventLoop) {
+                await chain.endOfMessage(draft: initial, receivedSize: receivedSize, body: body, session: session, transaction: txInfo)
+            }.flatMap { eom in settled().map { eom } }
         } else {
             stagesDone = eventLoop.makeSucceededFuture(StageChain.EndOfMessageResult(verdict: .continue, draft: initial, trace: []))
         }

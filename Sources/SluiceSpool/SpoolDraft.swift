@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import Synchronization
 import SluicePipeline
 import SluiceStageAPI
 #if canImport(Glibc)
@@ -111,6 +112,26 @@ public final class SpoolDraft {
     /// The body (from `offset` in the message) for end-of-message stages; call after `flush()`.
     public func body(from offset: Int) -> MessageBody {
         SpoolReader.body(path: tmpPath, from: offset, length: nil, threadPool: spool.threadPool)
+    }
+
+    /// The body (from `offset`) for end-of-message stages, flushed to the temp file only when a
+    /// stage first reads it: stages that never read the body (DKIM verifies as data streams,
+    /// DMARC reads headers) cost no disk round trip. Before `commit`, wait for `settled()`, so
+    /// no write a reader started is still in flight.
+    public func lazyBody(from offset: Int) -> (body: MessageBody, settled: @Sendable () -> EventLoopFuture<Void>) {
+        let gate = FlushGate(draft: NIOLoopBound(self, eventLoop: eventLoop))
+        let file = body(from: offset)
+        let body = MessageBody {
+            var reader: MessageBody.AsyncIterator?
+            return {
+                if reader == nil {
+                    try await gate.flushed().get()
+                    reader = file.makeAsyncIterator()
+                }
+                return try await reader!.next()
+            }
+        }
+        return (body, { gate.settled() })
     }
 
     /// What `commit` writes.
@@ -249,5 +270,28 @@ extension EventLoopFuture {
         let loopBound = NIOLoopBound(body, eventLoop: eventLoop)
         whenComplete { promise.completeWith(loopBound.value($0)) }
         return promise.futureResult
+    }
+}
+
+/// Starts a draft's flush once, from whichever thread reads the body first.
+private final class FlushGate: Sendable {
+    let draft: NIOLoopBound<SpoolDraft>
+    private let started = Mutex<EventLoopFuture<Void>?>(nil)
+
+    init(draft: NIOLoopBound<SpoolDraft>) { self.draft = draft }
+
+    func flushed() -> EventLoopFuture<Void> {
+        started.withLock { future in
+            if let future { return future }
+            let draft = self.draft
+            let flush = draft.eventLoop.flatSubmit { draft.value.flush() }
+            future = flush
+            return flush
+        }
+    }
+
+    /// The flush a reader started, or a completed future.
+    func settled() -> EventLoopFuture<Void> {
+        started.withLock { $0 } ?? draft.eventLoop.makeSucceededVoidFuture()
     }
 }

@@ -31,16 +31,39 @@ public struct AuthenticationResult: Sendable, Hashable, Codable {
 
     /// RFC 8601 2.2 pvalue: a token or `local@domain` as it is, anything else quoted.
     static func pvalue(_ v: String) -> String {
-        let specials = Set("()<>@,;:\\\"/[]?= \t")
-        let isToken = !v.isEmpty && v.allSatisfy { $0.isASCII && !$0.isWhitespace && $0.asciiValue! > 0x20 && $0.asciiValue! < 0x7F && !specials.contains($0) }
-        if isToken { return v }
-        let dotAtom = Set("!#$%&'*+-/=?^_`{|}~.")
-        if let at = v.lastIndex(of: "@"), v.firstIndex(of: "@") == at, at != v.startIndex,
-           v.allSatisfy({ $0 == "@" || ($0.isASCII && ($0.isLetter || $0.isNumber || dotAtom.contains($0))) }),
-           v[v.index(after: at)...].allSatisfy({ $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" }) {
+        let bytes = v.utf8
+        if !bytes.isEmpty, bytes.allSatisfy(isTokenByte) { return v }
+        // local@domain: dot-atom characters, one "@" not first, a domain of letters, digits, "." and "-".
+        if let at = bytes.firstIndex(of: UInt8(ascii: "@")), at != bytes.startIndex,
+           bytes[..<at].allSatisfy(isDotAtomByte), bytes[bytes.index(after: at)...].allSatisfy(isDomainByte) {
             return v
         }
         return "\"" + v.replacingBackslashesAndQuotes() + "\""
+    }
+
+    /// Printable ASCII but no tspecial (RFC 2045 5.1) and no space.
+    private static func isTokenByte(_ b: UInt8) -> Bool {
+        guard b > 0x20 && b < 0x7F else { return false }
+        switch b {
+        case UInt8(ascii: "("), UInt8(ascii: ")"), UInt8(ascii: "<"), UInt8(ascii: ">"), UInt8(ascii: "@"),
+             UInt8(ascii: ","), UInt8(ascii: ";"), UInt8(ascii: ":"), UInt8(ascii: "\\"), UInt8(ascii: "\""),
+             UInt8(ascii: "/"), UInt8(ascii: "["), UInt8(ascii: "]"), UInt8(ascii: "?"), UInt8(ascii: "="):
+            return false
+        default:
+            return true
+        }
+    }
+
+    private static func isAlphanumeric(_ b: UInt8) -> Bool {
+        (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A)
+    }
+
+    private static func isDotAtomByte(_ b: UInt8) -> Bool {
+        isAlphanumeric(b) || "!#$%&'*+-/=?^_`{|}~.".utf8.contains(b)
+    }
+
+    private static func isDomainByte(_ b: UInt8) -> Bool {
+        isAlphanumeric(b) || b == UInt8(ascii: ".") || b == UInt8(ascii: "-")
     }
 }
 
