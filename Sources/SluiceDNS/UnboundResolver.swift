@@ -82,9 +82,15 @@ public final class UnboundResolver: DNSResolver {
     }
 
     public func query(_ name: String, _ type: DNSRecordType) async throws -> DNSAnswer {
-        try await withCheckedThrowingContinuation { continuation in
+        if let cached = cachedAnswer(name, type) { return cached }
+        return try await withCheckedThrowingContinuation { continuation in
             query(name, type) { continuation.resume(with: $0) }
         }
+    }
+
+    public func cachedAnswer(_ name: String, _ type: DNSRecordType) -> DNSAnswer? {
+        let key = AnswerCache.Key(name: name, type: type)
+        return cache.state.withLock { $0.answer(for: key, now: Context.now()) }
     }
 
     /// Starts a query; `completion` runs once: at once on this thread for a cached answer,

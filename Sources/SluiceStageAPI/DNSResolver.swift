@@ -11,9 +11,15 @@ public protocol DNSResolver: Sendable {
     /// The same query with a completion, for code that cannot await (a C library's callback
     /// on a thread pool). The default runs `query` in a task.
     func query(_ name: String, _ type: DNSRecordType, completion: @escaping @Sendable (Result<DNSAnswer, DNSError>) -> Void)
+
+    /// The answer the resolver's cache holds for the question, without asking anyone; nil when
+    /// it has none (the default). Lets a stage skip starting work for a lookup already answered.
+    func cachedAnswer(_ name: String, _ type: DNSRecordType) -> DNSAnswer?
 }
 
 extension DNSResolver {
+    public func cachedAnswer(_ name: String, _ type: DNSRecordType) -> DNSAnswer? { nil }
+
     public func query(_ name: String, _ type: DNSRecordType, completion: @escaping @Sendable (Result<DNSAnswer, DNSError>) -> Void) {
         Task {
             do {

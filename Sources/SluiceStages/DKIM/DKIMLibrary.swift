@@ -62,14 +62,17 @@ final class DKIMKeys: Sendable {
     /// Resolves `selector._domainkey.domain` TXT; the first record that looks like a key.
     static func fetch(_ name: String, resolver: any DNSResolver) async -> Answer {
         do {
-            let answer = try await resolver.query(name, .txt)
-            guard answer.isDefinite else { return .error }
-            let texts = answer.records.compactMap(\.text)
-            if let key = texts.first(where: { $0.contains("p=") }) { return .record(key) }
-            return .notFound
+            return answer(from: try await resolver.query(name, .txt))
         } catch {
             return .error
         }
+    }
+
+    /// What a TXT answer says about a key.
+    static func answer(from dns: DNSAnswer) -> Answer {
+        guard dns.isDefinite else { return .error }
+        if let key = dns.records.lazy.compactMap(\.text).first(where: { $0.contains("p=") }) { return .record(key) }
+        return .notFound
     }
 }
 

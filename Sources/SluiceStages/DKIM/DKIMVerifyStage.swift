@@ -60,12 +60,22 @@ public struct DKIMVerifyStage: Stage {
         transaction.state[Self.verificationKey] = verification
         for field in headers { verification.header(Array("\(field.name):\(field.value)".utf8)) }
         let names = verification.endOfHeaders()
-        // Keys are fetched while the body streams in.
+        // Keys the resolver has cached are taken at once; the others are fetched while the
+        // body streams in.
         let keys = verification.keys
         let resolver = self.resolver
+        var missing: [String] = []
+        for name in Set(names.map { $0.lowercased() }) {
+            if let cached = resolver.cachedAnswer(name, .txt) {
+                keys.set(name, DKIMKeys.answer(from: cached))
+            } else {
+                missing.append(name)
+            }
+        }
+        guard !missing.isEmpty else { return .continue }
         verification.fetching = Task {
             await withTaskGroup(of: Void.self) { group in
-                for name in Set(names.map { $0.lowercased() }) {
+                for name in missing {
                     group.addTask { keys.set(name, await DKIMKeys.fetch(name, resolver: resolver)) }
                 }
             }
