@@ -34,6 +34,8 @@ let package = Package(
         .systemLibrary(name: "COpenDKIM", providers: [.apt(["libopendkim-dev"])]),
         .systemLibrary(name: "COpenDMARC", providers: [.apt(["libopendmarc-dev"])]),
         .systemLibrary(name: "CMilter", providers: [.apt(["libmilter-dev"])]),
+        /// Keeps libopendkim's decoded public keys (see key_cache.c).
+        .target(name: "CDKIMKeyCache", linkerSettings: [.linkedLibrary("crypto")]),
         .target(name: "SluiceDNS", dependencies: ["CUnbound", "SluiceStageAPI"]),
         .executableTarget(name: "StageRegistryGenerator"),
         .plugin(name: "StageRegistration", capability: .buildTool(), dependencies: ["StageRegistryGenerator"]),
@@ -76,7 +78,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "SluiceStages", dependencies: [
-            "SMTPCore", "SluiceStageAPI", "CSPF2", "COpenDKIM", "COpenDMARC",
+            "SMTPCore", "SluiceStageAPI", "CSPF2", "COpenDKIM", "COpenDMARC", "CDKIMKeyCache",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
@@ -120,7 +122,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "SluiceStagesTests", dependencies: [
-            "SluiceStages", "SluiceStageAPI", "SMTPCore", "SluiceDNS",
+            "SluiceStages", "SluiceStageAPI", "SMTPCore", "SluiceDNS", "CDKIMKeyCache",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "SluiceMilterServerTests", dependencies: [

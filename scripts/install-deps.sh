@@ -3,9 +3,9 @@
 # Usage: scripts/install-deps.sh build|run|test|bench
 set -euo pipefail
 what=${1:-test}
-# The C libraries the build links (libspf2, libunbound, libopendkim, libopendmarc, libmilter, SQLite, libxcrypt)
+# The C libraries the build links (libspf2, libunbound, libopendkim, libopendmarc, libmilter, SQLite, OpenSSL, libxcrypt)
 # and the Public Suffix List, then what each use needs.
-pkgs=(libspf2-dev libunbound-dev libopendkim-dev libopendmarc-dev libmilter-dev libsqlite3-dev libcrypt-dev publicsuffix pkg-config)
+pkgs=(libspf2-dev libunbound-dev libopendkim-dev libopendmarc-dev libmilter-dev libsqlite3-dev libssl-dev libcrypt-dev publicsuffix pkg-config)
 case "$what" in
   build) ;;
   run)   pkgs+=(swaks) ;;

@@ -1,3 +1,4 @@
+import CDKIMKeyCache
 import Foundation
 import Logging
 import SMTPCore
@@ -274,6 +275,23 @@ struct DKIMTests {
         let (decision, _, sigs) = try await Self.verify(try Self.verifier(["fail": .string("reject")]), signatures: signatures)
         #expect(Dictionary(uniqueKeysWithValues: sigs.map { ($0.selector, $0.result) }) == ["rsa": "pass", "missing": "permerror", "revoked": "permerror"])
         #expect(decision.verdict == .continue)
+    }
+
+    @Test func decodedKeysAreKeptAndStillCheckEverySignature() async throws {
+        let signatures = try await Self.sign(try Self.signer())
+        let verifier = try Self.verifier()
+        _ = try await Self.verify(verifier, signatures: signatures)  // the key is decoded (or was already)
+        let hits = sluice_dkim_key_cache_hits()
+        for _ in 0..<3 {
+            let (_, _, sigs) = try await Self.verify(verifier, signatures: signatures)
+            #expect(sigs.map(\.result) == ["pass"])
+        }
+        #expect(sluice_dkim_key_cache_hits() >= hits + 3, "libopendkim did not get the kept key: is d2i_PUBKEY_bio exported?")
+        // A kept key verifies nothing it did not sign.
+        var tampered = dkimBody
+        tampered[0] ^= 0x01
+        let (_, _, sigs) = try await Self.verify(verifier, signatures: signatures, body: tampered)
+        #expect(sigs.map(\.result) == ["fail"])
     }
 
     @Test func wrongKeyFails() async throws {
