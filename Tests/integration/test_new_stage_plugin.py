@@ -56,7 +56,7 @@ def test_readme_new_stage_walkthrough(tmp_path):
     # 3. Rebuild: the StageRegistration plugin registers the new stage, no core code changes.
     run(["swift", "build", "--product", "sluice"], pkg)
     check = run([str(pkg / ".build/debug/sluice"), "check-config", "--config", "pipeline.conf"], pkg, timeout=120)
-    assert 'greylist (use = "subject-filter")' in check, check
+    assert 'subject-filter (use = "subject-filter")' in check, check
 
     # 4. See it act on a swaks session.
     gw = subprocess.Popen([str(pkg / ".build/debug/sluice"), "run", "--config", "pipeline.conf"], cwd=pkg,
