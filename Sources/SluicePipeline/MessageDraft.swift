@@ -48,20 +48,20 @@ public struct MessageDraft: Sendable {
     }
 
     /// Applies one edit. Header edits follow milter semantics: changing a field that does not
-    /// exist adds it; changing to an empty value deletes it.
+    /// exist adds it. Header fields land exactly as the edit gives them.
     public mutating func apply(_ edit: MessageEdit) {
         switch edit {
-        case .addHeader(let name, let value):
-            headers.append(.make(name: name, value: value))
+        case .addHeader(let field):
+            headers.append(field)
             headersChanged = true
-        case .insertHeader(let index, let name, let value):
-            headers.insert(.make(name: name, value: value), at: min(max(index, 0), headers.count))
+        case .insertHeader(let index, let field):
+            headers.insert(field, at: min(max(index, 0), headers.count))
             headersChanged = true
-        case .changeHeader(let name, let occurrence, let value):
-            if let i = index(of: name, occurrence: occurrence) {
-                if value.isEmpty { headers.remove(at: i) } else { headers[i] = .make(name: headers[i].name, value: value) }
-            } else if !value.isEmpty {
-                headers.append(.make(name: name, value: value))
+        case .changeHeader(let occurrence, let field):
+            if let i = index(of: field.name, occurrence: occurrence) {
+                headers[i].value = field.value
+            } else {
+                headers.append(field)
             }
             headersChanged = true
         case .deleteHeader(let name, let occurrence):

@@ -37,6 +37,22 @@ struct MessageDraftTests {
         #expect(d.headersChanged)
     }
 
+    @Test func fieldEditsLandExactlyAsGiven() {
+        var d = draft()
+        d.apply(.addHeader(HeaderField(name: "X-Tight", value: "tight")))
+        d.apply(.insertHeader(index: 0, HeaderField(name: "X-Top", value: "")))
+        d.apply(.changeHeader(occurrence: 1, HeaderField(name: "subject", value: "\tno space")))
+        #expect(names(d) == ["X-Top:", "Received: from x", "Subject:\tno space", "X-Tag: one", "x-tag: two", "X-Tight:tight"])
+        #expect(d.headersChanged)
+    }
+
+    @Test func valueConstructorsPutTheSpaceInAndEmptyChangeIsADelete() {
+        #expect(MessageEdit.addHeader(name: "X", value: "v") == .addHeader(HeaderField(name: "X", value: " v")))
+        #expect(MessageEdit.insertHeader(index: 1, name: "X", value: " v") == .insertHeader(index: 1, HeaderField(name: "X", value: " v")))
+        #expect(MessageEdit.changeHeader(name: "X", occurrence: 2, value: "v") == .changeHeader(occurrence: 2, HeaderField(name: "X", value: " v")))
+        #expect(MessageEdit.changeHeader(name: "X", occurrence: 2, value: "") == .deleteHeader(name: "X", occurrence: 2))
+    }
+
     @Test(arguments: [(0, 0), (2, 2), (4, 4), (99, 4), (-3, 0)])
     func insertHeaderPosition(_ index: Int, _ landed: Int) {
         var d = draft()

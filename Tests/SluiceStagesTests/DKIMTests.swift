@@ -126,10 +126,10 @@ struct DKIMTests {
         let decision = try await stage.endOfMessage(view, session: s, transaction: transaction(.mailbox(mb("alice@example.org"))))
         #expect(decision.verdict == .continue)
         return try decision.edits.map { edit in
-            guard case .insertHeader(0, "DKIM-Signature", let value) = edit else {
+            guard case .insertHeader(0, let field) = edit, field.name == "DKIM-Signature" else {
                 throw DKIMError("unexpected edit \(edit)")
             }
-            return value
+            return field.value
         }
     }
 

@@ -221,18 +221,18 @@ def test_header_values_keep_the_leading_space_with_hdr_leadspc(gateway_factory, 
     assert "X-Lead: spaced" in lines, lines
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (minor): with SMFIP_HDR_LEADSPC the milter gives the exact text after the colon, but "
-    "HeaderField.make (SluiceStageAPI/HeaderField.swift) always puts a space in front: "
-    "addheader('X-Tight', 'tight') is delivered as 'X-Tight: tight' instead of 'X-Tight:tight' "
-    "(breaks e.g. a simple-canonicalized DKIM-Signature a leadspc milter adds)"))
 def test_hdr_leadspc_value_without_space_is_kept_exactly(gateway_factory, milter_factory):
-    m = milter_factory(leadspc=True, behaviour={"eom": {"actions": [["addheader", "X-Tight", "tight"]]}})
+    m = milter_factory(leadspc=True, behaviour={"eom": {"actions": [
+        ["addheader", "X-Tight", "tight"], ["insheader", 0, "X-Top", "\ttabbed"],
+        ["chgheader", "Subject", 1, "changed"], ["addheader", "X-Empty", ""]]}})
     gw = gateway_factory(stages=[milter_stage(m)])
     r = send(gw, message("leadspc-tight"))
     assert r.code == 250, r
     content = gw.wait_for_mail(RCPT)[0]
     assert b"\nX-Tight:tight\n" in content, content
+    assert b"\nX-Top:\ttabbed\nReceived: " in content, content
+    assert b"\nSubject:changed\n" in content, content
+    assert b"\nX-Empty:\n" in content, content
 
 
 def test_macro_lists_from_the_config_replace_the_defaults(gateway_factory, milter_factory):

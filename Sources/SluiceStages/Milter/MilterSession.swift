@@ -200,13 +200,13 @@ final class MilterSession: @unchecked Sendable {
                 continue
             case .addHeader:
                 try require(.addHeaders, fields.count >= 2)
-                edits.append(.addHeader(name: fields[0], value: value(fields[1])))
+                edits.append(.addHeader(field(fields[0], fields[1])))
             case .insertHeader:
                 try require(.addHeaders, payload.count > 4)
                 let index = Int(Milter.readUInt32(payload[0..<4]) ?? 0)
                 let f = Milter.fields(payload[4...])
                 try require(.addHeaders, f.count >= 2)
-                edits.append(.insertHeader(index: index, name: f[0], value: value(f[1])))
+                edits.append(.insertHeader(index: index, field(f[0], f[1])))
             case .changeHeader:
                 try require(.changeHeaders, payload.count > 4)
                 let index = Int(Milter.readUInt32(payload[0..<4]) ?? 0)
@@ -214,7 +214,7 @@ final class MilterSession: @unchecked Sendable {
                 try require(.changeHeaders, f.count >= 1)
                 let v = f.count > 1 ? f[1] : ""
                 edits.append(v.isEmpty ? .deleteHeader(name: f[0], occurrence: max(1, index))
-                                       : .changeHeader(name: f[0], occurrence: max(1, index), value: value(v)))
+                                       : .changeHeader(occurrence: max(1, index), field(f[0], v)))
             case .addRecipient, .addRecipientWithArgs:
                 try require(reply == Milter.Reply.addRecipient.rawValue ? .addRecipients : .addRecipientsWithArgs, !fields.isEmpty)
                 guard let m = Mailbox(path: fields[0]) else { throw MilterConnection.Failure(description: "bad recipient \(fields[0])") }
@@ -259,11 +259,12 @@ final class MilterSession: @unchecked Sendable {
         guard wellFormed else { throw MilterConnection.Failure(description: "a malformed modification") }
     }
 
-    /// Header values from milters come without the space after the colon (unless HDR_LEADSPC).
-    private func value(_ v: String) -> String {
+    /// A header field from a milter. Values come without the space after the colon, which is put
+    /// back; with HDR_LEADSPC the value is the exact text after the colon.
+    private func field(_ name: String, _ v: String) -> HeaderField {
         let normalized = v.replacingLineEnds()
-        if protocolFlags.contains(.headerLeadingSpace) { return normalized }
-        return normalized.hasPrefix(" ") || normalized.hasPrefix("\t") ? normalized : " " + normalized
+        if protocolFlags.contains(.headerLeadingSpace) { return HeaderField(name: name, value: normalized) }
+        return .make(name: name, value: normalized)
     }
 
     static func parameters(_ text: String) -> [ESMTPParameter] {
