@@ -28,6 +28,10 @@ public struct MailParameters: Hashable, Sendable {
     public var smtputf8 = false
     /// AUTH=mailbox or AUTH=<> (RFC 4954 5), as xtext; only an authenticated client's counts.
     public var auth: String?
+    /// RET=FULL|HDRS (RFC 3461 4.3).
+    public var ret: DSNReturn?
+    /// ENVID=xtext (RFC 3461 4.4), decoded.
+    public var envelopeID: String?
     /// Parameters not understood here; the session refuses them (555 5.5.4) unless an extension claims them.
     public var other: [ESMTPParameter] = []
 
@@ -79,6 +83,16 @@ enum ParameterParser {
             case "AUTH":
                 guard let v = p.value else { throw .syntax("5.5.4", "Bad AUTH parameter") }
                 params.auth = v
+            case "RET":
+                guard let v = p.value, let ret = DSNReturn(rawValue: v.uppercased()) else { throw .syntax("5.5.4", "Bad RET parameter syntax") }
+                params.ret = ret
+            case "ENVID":
+                // xtext; with SMTPUTF8 also UTF-8 characters (RFC 6533 3).
+                let utf8 = list.contains { $0.keyword == "SMTPUTF8" }
+                guard let v = p.value, v.utf8.count <= 100, XText.isValid(v, utf8: utf8) else {
+                    throw .syntax("5.5.4", "Bad ENVID parameter syntax")
+                }
+                params.envelopeID = XText.decode(v)
             default:
                 params.other.append(p)
             }

@@ -39,7 +39,7 @@ public final class Gateway: Sendable {
         let relay = try RelayClient(
             hostname: config.hostname, group: MultiThreadedEventLoopGroup.singleton, threadPool: threadPool,
             timeouts: config.relayTimeouts, connectionsPerDestination: config.queue.destinationConcurrency,
-            tlsPolicies: config.relayTLS, defaultTLSPolicy: config.mxTLS, logger: deliveryLogger
+            tlsSettings: config.relayTLS, defaultTLSSettings: config.mxTLS, logger: deliveryLogger
         )
         let delivery = DeliveryAgent(
             spool: spool, hostname: config.hostname, relay: relay, policy: config.queue,

@@ -27,7 +27,7 @@ import SluiceStageAPI
 ///
 /// `[queue]` keys: `min_backoff_s` (300), `max_backoff_s` (3600), `max_lifetime_s` (432000),
 /// `destination_concurrency` (20), `connect_timeout_s` (30), `command_timeout_s` (300),
-/// `delay_warning_s` (0 = off), `mx_port` (25: the port of mail hosts an `mx` route finds).
+/// `delay_warning_s` (0 = off), `bounce_size_limit` (50000), `mx_port` (25: the port of mail hosts an `mx` route finds).
 ///
 /// `[dns]` keys: `servers` (`[]` = the servers of /etc/resolv.conf; else `"address[:port]"`
 /// forwarders), `timeout_ms` (3000), `trust_anchor` (none: a DNSSEC trust anchor file such as
@@ -46,7 +46,9 @@ import SluiceStageAPI
 /// `[[route]]`: `domains` (names, or `"*"` for trusted clients only), `to` (`"maildir:PATH"`,
 /// `"smtp://host:port"`, `"lmtp://host:port"`, `"lmtp:unix:/path"`, `"mx"`: the recipient domain's
 /// MX hosts via `[dns]`), `tls` for SMTP/LMTP/MX routes
-/// (`"none"` | `"opportunistic"` (default) | `"required"`).
+/// (`"none"` | `"opportunistic"` (default) | `"required"` | `"verify"`: STARTTLS with a certificate
+/// chain that verifies and names the next hop, or the mail waits), `tls_ca_file` (only with
+/// `tls = "verify"`: a PEM bundle of trust anchors; default the system trust store).
 /// `[[stage]]`: `use` (a registered stage), `name` (default: `use`), `timeout_ms` (30000),
 /// `on_error` (`"tempfail"` | `"accept"` | `"reject"`), and the stage's own keys.
 public struct GatewayConfig {
@@ -104,10 +106,10 @@ public struct GatewayConfig {
     public var stages: [StageSpec]
     public var queue: QueuePolicy
     public var dns: DNSConfiguration
-    /// Each relay route's `tls`, by next hop.
-    public var relayTLS: [RelayEndpoint: RelayTLSPolicy]
-    /// The `tls` of an `mx` route, for every mail host it finds.
-    public var mxTLS: RelayTLSPolicy
+    /// Each relay route's `tls` and `tls_ca_file`, by next hop.
+    public var relayTLS: [RelayEndpoint: RelayTLSSettings]
+    /// The `tls` and `tls_ca_file` of an `mx` route, for every mail host it finds.
+    public var mxTLS: RelayTLSSettings
     public var relayTimeouts: RelayTimeouts
 
     /// - Parameter stagesOnly: for `sluice milter`, which runs only the stage chain: no
@@ -200,6 +202,7 @@ public struct GatewayConfig {
         queue.maxLifetime = Double(try q.int("max_lifetime_s", default: 432_000, range: 1...31_536_000))
         queue.destinationConcurrency = try q.int("destination_concurrency", default: 20, range: 1...1000)
         queue.delayWarning = Double(try q.int("delay_warning_s", default: 0, range: 0...31_536_000))
+        queue.bounceSizeLimit = try q.int("bounce_size_limit", default: 50_000, range: 0...1_073_741_824)
         queue.mxPort = try q.int("mx_port", default: 25, range: 1...65535)
         relayTimeouts = RelayTimeouts()
         relayTimeouts.connect = .seconds(Int64(try q.int("connect_timeout_s", default: 30, range: 1...3600)))
@@ -299,12 +302,15 @@ public struct GatewayConfig {
                 throw t.error("to", "'\(to)' is not a destination: use \"maildir:PATH\", \"smtp://host:port\", \"lmtp://host:port\", \"lmtp:unix:/path\" or \"mx\"")
             }
             let tls = try t.choice("tls", RelayTLSPolicy.allCases.map(\.rawValue), default: "opportunistic")
-            if case .relay(let endpoint) = destination {
-                relayTLS[endpoint] = RelayTLSPolicy(rawValue: tls)!
-            } else if case .mx = destination {
-                mxTLS = RelayTLSPolicy(rawValue: tls)!
-            } else if t.contains("tls") {
-                throw t.error("tls", "only SMTP and LMTP routes use TLS")
+            switch destination {
+            case .relay(let endpoint):
+                relayTLS[endpoint] = try Self.relayTLS(RelayTLSPolicy(rawValue: tls)!, route: t, destination: destination, resolve: resolve)
+            case .mx:
+                mxTLS = try Self.relayTLS(RelayTLSPolicy(rawValue: tls)!, route: t, destination: destination, resolve: resolve)
+            case .maildir:
+                for key in ["tls", "tls_ca_file"] where t.contains(key) {
+                    throw t.error(key, "only SMTP and LMTP routes use TLS")
+                }
             }
             try t.finish()
             routes.append(RouteTable.Route(domains: domains, destination: destination.description))
@@ -318,6 +324,32 @@ public struct GatewayConfig {
             let timeout = try t.int("timeout_ms", default: 30_000, range: 1...3_600_000)
             let policy = try t.choice("on_error", FailurePolicy.allCases.map(\.rawValue), default: "tempfail")
             stages.append(StageSpec(kind: kind, name: name, timeout: .milliseconds(timeout), onError: FailurePolicy(rawValue: policy)!, table: t))
+        }
+    }
+
+    /// A route's `tls` with its `tls_ca_file` (read here, so a bundle that cannot be used is a
+    /// config error). `verify` needs something to match the certificate against: a host name or
+    /// an IP address (an IP subjectAltName), which a unix socket next hop does not have.
+    static func relayTLS(
+        _ policy: RelayTLSPolicy, route t: ConfigTable, destination: Destination, resolve: (String) -> String
+    ) throws -> RelayTLSSettings {
+        guard let file = try t.string("tls_ca_file") else {
+            if policy == .verify, case .relay(.lmtpUnix) = destination {
+                throw t.error("tls", "tls = \"verify\" needs a next hop with a host name or IP address to match the certificate against, not a unix socket")
+            }
+            return RelayTLSSettings(policy: policy)
+        }
+        guard policy == .verify else {
+            throw t.error("tls_ca_file", "is only used with tls = \"verify\" (this route has tls = \"\(policy.rawValue)\")")
+        }
+        if case .relay(.lmtpUnix) = destination {
+            throw t.error("tls", "tls = \"verify\" needs a next hop with a host name or IP address to match the certificate against, not a unix socket")
+        }
+        guard !file.isEmpty else { throw t.error("tls_ca_file", "is empty: name a PEM file of CA certificates") }
+        do {
+            return RelayTLSSettings(policy: policy, trustAnchors: try RelayTrustAnchors(path: resolve(file)))
+        } catch let error as RelayTrustAnchors.Error {
+            throw t.error("tls_ca_file", error.description)
         }
     }
 

@@ -529,7 +529,7 @@ final class SMTPSessionHandler: ChannelInboundHandler {
             client: .init(address: clientAddress, port: machine.session.clientPort, helo: machine.session.heloName),
             protocolName: machine.protocolName, receivedAt: Self.wallClock(),
             size: dataSize, body: tx.parameters.body, smtputf8: tx.parameters.smtputf8, quarantine: quarantine,
-            trace: sessionTrace + trace
+            trace: sessionTrace + trace, dsnReturn: tx.parameters.ret, envelopeID: tx.parameters.envelopeID
         )
         var commit = SpoolDraft.Commit(
             envelope: envelope, headers: eom.draft.headersChanged ? eom.draft.headers : nil,

@@ -379,7 +379,7 @@ public struct SessionStateMachine: Sendable {
         guard pendingEHLO != nil else { return SMTPReply(250, nil, configuration.hostname) }
         var lines = [configuration.hostname, "PIPELINING", "SIZE \(configuration.maxMessageBytes)"]
         lines += configuration.stageKeywords
-        lines += ["8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING"]
+        lines += ["8BITMIME", "SMTPUTF8", "DSN", "ENHANCEDSTATUSCODES", "CHUNKING"]
         if configuration.etrn != nil { lines.append("ETRN") }
         if policy.startTLS && session.tls == nil { lines.append("STARTTLS") }
         if policy.auth && session.tls != nil { lines.append("AUTH PLAIN LOGIN") }
@@ -398,7 +398,7 @@ public struct SessionStateMachine: Sendable {
         if let unknown = params.other.first {
             return fail(SMTPReply(555, "5.5.4", "Unsupported option: \(unknown.keyword)"))
         }
-        if (params.smtputf8 || params.body != nil) && !session.esmtp {
+        if (params.smtputf8 || params.body != nil || params.ret != nil || params.envelopeID != nil) && !session.esmtp {
             return fail(SMTPReply(555, "5.5.4", "ESMTP parameters need EHLO"))
         }
         if let size = params.size, size > UInt64(configuration.maxMessageBytes) {
@@ -419,10 +419,18 @@ public struct SessionStateMachine: Sendable {
         return .send(SMTPReply(250, "2.1.0", "Ok"))
     }
 
-    private mutating func rcpt(_ path: ForwardPath, _ params: [ESMTPParameter]) -> Action {
+    private mutating func rcpt(_ path: ForwardPath, _ rawParameters: [ESMTPParameter]) -> Action {
         guard var tx = transaction else { return fail(SMTPReply(503, "5.5.1", "Error: need MAIL command")) }
-        if let unknown = params.first {
+        let params: [ESMTPParameter]
+        switch RecipientDSN.validate(rawParameters, utf8: tx.parameters.smtputf8) {
+        case .success(let checked): params = checked
+        case .failure(let error): return fail(error.reply)
+        }
+        if let unknown = params.first(where: { $0.keyword != "NOTIFY" && $0.keyword != "ORCPT" }) {
             return fail(SMTPReply(555, "5.5.4", "Unsupported option: \(unknown.keyword)"))
+        }
+        if !params.isEmpty && !session.esmtp {
+            return fail(SMTPReply(555, "5.5.4", "ESMTP parameters need EHLO"))
         }
         guard tx.recipients.count < configuration.maxRecipients else {
             return fail(SMTPReply(452, "4.5.3", "Error: too many recipients"))

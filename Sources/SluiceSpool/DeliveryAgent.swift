@@ -23,6 +23,9 @@ public struct QueuePolicy: Sendable {
     public var destinationConcurrency = 20
     /// `mx_port` (25): the port of mail hosts found by an `mx` route.
     public var mxPort = 25
+    /// `bounce_size_limit` (50000, as Postfix): the largest message a failure notice returns
+    /// whole when the sender asked for it (RET=FULL); a bigger one is returned as its headers.
+    public var bounceSizeLimit = 50_000
 
     public init() {}
 
@@ -64,7 +67,7 @@ public final class DeliveryAgent: Sendable {
         self.maildir = MaildirDelivery(hostname: hostname)
         self.relay = relay
         self.policy = policy
-        self.bounces = BounceWriter(spool: spool, hostname: hostname, route: route)
+        self.bounces = BounceWriter(spool: spool, hostname: hostname, returnLimit: policy.bounceSizeLimit, route: route)
         self.logger = logger
         self.concurrency = max(1, concurrency)
         (stream, input) = AsyncStream<String>.makeStream()
@@ -205,15 +208,27 @@ public final class DeliveryAgent: Sendable {
             }
             return results
         case .relay(let endpoint):
-            let relayMessage = RelayMessage(
-                sender: envelope.sender, recipients: indices.map { envelope.recipients[$0].address },
-                path: message.path, contentLength: message.contentLength, prefix: message.prefix,
-                body: envelope.body, smtputf8: envelope.smtputf8
-            )
+            let relayMessage = Self.relayMessage(message, indices)
             return Array(zip(indices, await relay.deliver(relayMessage, to: endpoint)))
         case .mx:
             return await deliverToMX(message, indices: indices, domain: envelope.recipients[indices[0]].address.normalizedDomain)
         }
+    }
+
+    /// The recipients `indices` of a queued message as one relay transaction.
+    static func relayMessage(_ message: Spool.StoredMessage, _ indices: [Int]) -> RelayMessage {
+        let envelope = message.envelope
+        var relay = RelayMessage(
+            sender: envelope.sender, recipients: indices.map { envelope.recipients[$0].address },
+            path: message.path, contentLength: message.contentLength, prefix: message.prefix,
+            body: envelope.body, smtputf8: envelope.smtputf8
+        )
+        relay.dsnReturn = envelope.dsnReturn
+        relay.envelopeID = envelope.envelopeID
+        relay.recipientParameters = indices.map { i in
+            envelope.recipients[i].parameters.filter { $0.keyword == "NOTIFY" || $0.keyword == "ORCPT" }
+        }
+        return relay
     }
 
     /// Tries the domain's mail hosts in order; the next one only when a host cannot be reached
@@ -226,15 +241,11 @@ public final class DeliveryAgent: Sendable {
         case .deferred(let reply):
             return indices.map { ($0, .deferred(reply)) }
         case .hosts(let hosts):
-            let relayMessage = RelayMessage(
-                sender: envelope.sender, recipients: indices.map { envelope.recipients[$0].address },
-                path: message.path, contentLength: message.contentLength, prefix: message.prefix,
-                body: envelope.body, smtputf8: envelope.smtputf8
-            )
+            let relayMessage = Self.relayMessage(message, indices)
             var last: [RecipientOutcome] = []
             for host in hosts {
                 for address in host.addresses {
-                    let outcomes = await relay.deliver(relayMessage, to: .smtp(host: "\(address)", port: policy.mxPort))
+                    let outcomes = await relay.deliver(relayMessage, to: .mailHost(name: host.name, address: "\(address)", port: policy.mxPort))
                     let unreachable = outcomes.allSatisfy {
                         if case .deferred(let r) = $0 { r.enhancedCode?.description == "4.4.1" || RelaySession.isGreetingRefusal(r) } else { false }
                     }
@@ -247,6 +258,11 @@ public final class DeliveryAgent: Sendable {
             }
             return Array(zip(indices, last))
         }
+    }
+
+    /// Whether the recipient's NOTIFY (failures and delays when absent) asks for `event`.
+    static func wants(_ event: DSNNotify, _ recipient: SpoolEnvelope.SpooledRecipient) -> Bool {
+        RecipientDSN(parameters: recipient.parameters).events.contains(event)
     }
 
     /// Records the attempt: finishes the message (with a bounce when needed) or schedules a retry.
@@ -272,34 +288,43 @@ public final class DeliveryAgent: Sendable {
             ])
         }
         let stillDeferred = outcomes.contains { if case .deferred = $0.value { true } else { false } }
+        // NOTIFY=SUCCESS: delivered into a mailbox, or relayed to a next hop that cannot notify.
+        let successes = outcomes.sorted(by: { $0.key < $1.key }).compactMap { i, o -> DeliveryReport.Entry? in
+            let recipient = envelope.recipients[i]
+            guard case .delivered(let r) = o, Self.wants(.success, recipient) else { return nil }
+            let final = recipient.destination.hasPrefix("maildir:") || recipient.destination.hasPrefix("lmtp")
+            return DeliveryReport.Entry(recipient: recipient, reply: r, action: final ? .delivered : .relayed)
+        }
         let spool = self.spool
         let bounces = self.bounces
         do {
             if stillDeferred {
                 let newly: [(Int, DeliveryState.Resolution)] = outcomes.compactMap { i, o -> (Int, DeliveryState.Resolution)? in
                     switch o {
-                    case .delivered: (i, .delivered)
+                    case .delivered, .passedOn: (i, .delivered)
                     case .failed(let r): (i, .failed(r))
                     case .deferred: nil
                     }
                 }
                 var record = newly
-                var warningID: String?
+                var notice = successes
                 if policy.delayWarning > 0, age >= policy.delayWarning, resolved[DeliveryState.warnedKey] == nil,
                    case .mailbox = envelope.sender {
-                    let delayed = outcomes.sorted(by: { $0.key < $1.key }).compactMap { i, o -> (SpoolEnvelope.SpooledRecipient, SMTPReply)? in
-                        if case .deferred(let r) = o { (envelope.recipients[i], r) } else { nil }
+                    notice += outcomes.sorted(by: { $0.key < $1.key }).compactMap { i, o -> DeliveryReport.Entry? in
+                        guard case .deferred(let r) = o, Self.wants(.delay, envelope.recipients[i]) else { return nil }
+                        return DeliveryReport.Entry(recipient: envelope.recipients[i], reply: r, action: .delayed)
                     }
-                    warningID = try await spool.threadPool.runIfActive { try bounces.write(for: message, failures: delayed, kind: .delayed) }
                     record.append((DeliveryState.warnedKey, .delivered))
                 }
+                let entries = notice
+                let noticeID = try await spool.threadPool.runIfActive { try bounces.write(for: message, entries: entries) }
                 if !record.isEmpty {
                     let entries = record
                     try await spool.threadPool.runIfActive { try DeliveryState.append(spool.layout, id, entries) }
                 }
-                if let warningID {
-                    logger.info("delay warning queued", metadata: ["queue_id": "\(id)", "warning_id": "\(warningID)"])
-                    enqueue(warningID)
+                if let noticeID {
+                    logger.info("delivery notice queued", metadata: ["queue_id": "\(id)", "notice_id": "\(noticeID)"])
+                    enqueue(noticeID)
                 }
                 let n = attempts.withLock { a -> Int in
                     a[id, default: 0] += 1
@@ -312,17 +337,23 @@ public final class DeliveryAgent: Sendable {
                 scheduleRetry(id, after: delay, domains: domains)
                 return
             }
-            var failed: [(SpoolEnvelope.SpooledRecipient, SMTPReply)] = []
+            var failed: [DeliveryReport.Entry] = []
+            var unreported = 0
             for (i, recipient) in envelope.recipients.enumerated() {
-                if case .failed(let r) = resolved[i] { failed.append((recipient, r)) }
-                if case .failed(let r) = outcomes[i] { failed.append((recipient, r)) }
+                var reply: SMTPReply?
+                if case .failed(let r) = resolved[i] { reply = r }
+                if case .failed(let r) = outcomes[i] { reply = r }
+                guard let reply else { continue }
+                if Self.wants(.failure, recipient) {
+                    failed.append(DeliveryReport.Entry(recipient: recipient, reply: reply, action: .failed))
+                } else {
+                    unreported += 1
+                }
             }
             let failures = failed
+            let entries = failed + successes
             let bounceID = try await spool.threadPool.runIfActive { () throws -> String? in
-                var bounceID: String?
-                if !failures.isEmpty, case .mailbox = envelope.sender {
-                    bounceID = try bounces.write(for: message, failures: failures)
-                }
+                let bounceID = try bounces.write(for: message, entries: entries)
                 try CrashPoint.reached(.delivered)
                 try spool.remove(id)
                 try DeliveryState.remove(spool.layout, id)
@@ -330,10 +361,14 @@ public final class DeliveryAgent: Sendable {
             }
             attempts.withLock { _ = $0.removeValue(forKey: id) }
             if let bounceID {
-                logger.info("bounce queued", metadata: ["queue_id": "\(id)", "bounce_id": "\(bounceID)", "to": "\(envelope.sender)"])
+                let what = failures.isEmpty ? "delivery notice queued" : "bounce queued"
+                logger.info("\(what)", metadata: ["queue_id": "\(id)", "bounce_id": "\(bounceID)", "to": "\(envelope.sender)"])
                 enqueue(bounceID)
-            } else if !failures.isEmpty {
-                logger.notice("failed recipients not reported", metadata: ["queue_id": "\(id)", "reason": "null sender or no route to the sender"])
+            } else if !entries.isEmpty {
+                logger.notice(failures.isEmpty ? "delivery notice not sent" : "failed recipients not reported", metadata: ["queue_id": "\(id)", "reason": "null sender or no route to the sender"])
+            }
+            if unreported > 0 {
+                logger.info("failed recipients not reported", metadata: ["queue_id": "\(id)", "count": "\(unreported)", "reason": "NOTIFY did not ask for failures"])
             }
         } catch {
             logger.error("delivery bookkeeping failed, will retry", metadata: ["queue_id": "\(id)", "error": "\(error)"])

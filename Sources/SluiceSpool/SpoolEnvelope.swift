@@ -47,11 +47,15 @@ public struct SpoolEnvelope: Codable, Sendable {
     /// Header fields stages put at the top of the message (CRLF lines), kept here instead of
     /// rewriting the spooled content; every reader puts them before the content.
     public var prepend: String?
+    /// MAIL's `RET` (RFC 3461): whether a failure notice returns the whole message.
+    public var dsnReturn: DSNReturn?
+    /// MAIL's `ENVID` (RFC 3461), decoded: repeated in every notice about the message.
+    public var envelopeID: String?
 
     public init(
         id: String, sender: ReversePath, senderParameters: [ESMTPParameter], recipients: [SpooledRecipient],
         client: Client, protocolName: String, receivedAt: Double, size: Int, body: BodyType?, smtputf8: Bool,
-        quarantine: String?, trace: [TraceEntry]
+        quarantine: String?, trace: [TraceEntry], dsnReturn: DSNReturn? = nil, envelopeID: String? = nil
     ) {
         self.id = id
         self.sender = sender
@@ -65,5 +69,7 @@ public struct SpoolEnvelope: Codable, Sendable {
         self.smtputf8 = smtputf8
         self.quarantine = quarantine
         self.trace = trace
+        self.dsnReturn = dsnReturn
+        self.envelopeID = envelopeID
     }
 }

@@ -21,10 +21,12 @@ struct MilterEnvelopeTests {
     }
 
     @Test func senderParameters() throws {
-        let s = try MilterEnvelope.sender(["<user@example.org>", "SIZE=12345", "BODY=8BITMIME", "RET=HDRS", "ENVID=abc"]).get()
+        let s = try MilterEnvelope.sender(["<user@example.org>", "SIZE=12345", "BODY=8BITMIME", "RET=HDRS", "ENVID=abc", "X-OTHER=1"]).get()
         #expect(s.parameters.size == 12345)
         #expect(s.parameters.body == .eightBitMIME)
-        #expect(s.parameters.other == [ESMTPParameter(keyword: "RET", value: "HDRS"), ESMTPParameter(keyword: "ENVID", value: "abc")])
+        #expect(s.parameters.ret == .headers)
+        #expect(s.parameters.envelopeID == "abc")
+        #expect(s.parameters.other == [ESMTPParameter(keyword: "X-OTHER", value: "1")])
         #expect(!s.droppedParameters)
     }
 

@@ -165,7 +165,7 @@ struct SessionStateMachineTests {
         let action = s.sendAction("EHLO client.test")
         #expect(describe(action) == "250")
         #expect(replies(action).first?.lines == [
-            "mx.example.test", "PIPELINING", "SIZE 1000000", "X-STAGE", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING",
+            "mx.example.test", "PIPELINING", "SIZE 1000000", "X-STAGE", "8BITMIME", "SMTPUTF8", "DSN", "ENHANCEDSTATUSCODES", "CHUNKING",
         ])
         #expect(s.machine.session.heloName == "client.test")
         #expect(s.machine.session.esmtp)
@@ -187,6 +187,79 @@ struct SessionStateMachineTests {
         s.send("EHLO client.test")
         s.send("MAIL FROM:<pelé@client.test> SMTPUTF8")
         #expect(s.machine.protocolName == "UTF8SMTP")
+    }
+
+    // MARK: DSN (RFC 3461)
+
+    @Test func dsnParametersAreKept() {
+        var s = Session()
+        _ = s.machine.connected()
+        s.send("EHLO client.test")
+        #expect(s.send("MAIL FROM:<a@client.test> RET=hdrs ENVID=QQ+2B314") == "250 2.1.0")
+        #expect(s.machine.transaction?.parameters.ret == .headers)
+        #expect(s.machine.transaction?.parameters.envelopeID == "QQ+314")
+        #expect(s.send("RCPT TO:<u@example.test> NOTIFY=failure,Delay ORCPT=rfc822;u+2Bx@example.test") == "250 2.1.5")
+        #expect(s.machine.transaction?.recipients.first?.parameters == [
+            ESMTPParameter(keyword: "NOTIFY", value: "FAILURE,DELAY"), ESMTPParameter(keyword: "ORCPT", value: "rfc822;u+2Bx@example.test"),
+        ])
+        let dsn = RecipientDSN(parameters: s.machine.transaction!.recipients[0].parameters)
+        #expect(dsn.events == [.failure, .delay])
+        #expect(dsn.originalRecipient == .init(type: "rfc822", address: "u+x@example.test"))
+        #expect(s.send("RCPT TO:<v@example.test> NOTIFY=NEVER") == "250 2.1.5")
+        #expect(RecipientDSN(parameters: s.machine.transaction!.recipients[1].parameters).events == .never)
+    }
+
+    @Test(arguments: [
+        ("MAIL FROM:<a@client.test> RET=BODY", "501 5.5.4"),
+        ("MAIL FROM:<a@client.test> RET", "501 5.5.4"),
+        ("MAIL FROM:<a@client.test> ENVID=a+zz", "501 5.5.4"),
+        ("MAIL FROM:<a@client.test> ENVID=" + String(repeating: "x", count: 101), "501 5.5.4"),
+        ("MAIL FROM:<a@client.test> ENVID=caf\u{e9}", "501 5.5.4"),
+        ("MAIL FROM:<a@client.test> RET=FULL RET=HDRS", "501 5.5.4"),
+    ])
+    func badMailDSNParameters(_ line: String, _ expected: String) {
+        var s = Session()
+        _ = s.machine.connected()
+        s.send("EHLO client.test")
+        #expect(s.send(line) == expected)
+    }
+
+    @Test(arguments: [
+        ("RCPT TO:<u@example.test> NOTIFY=NEVER,SUCCESS", "501 5.5.4"),
+        ("RCPT TO:<u@example.test> NOTIFY=SOMETIMES", "501 5.5.4"),
+        ("RCPT TO:<u@example.test> NOTIFY=", "501 5.5.4"),
+        ("RCPT TO:<u@example.test> NOTIFY", "501 5.5.4"),
+        ("RCPT TO:<u@example.test> ORCPT=u@example.test", "501 5.5.4"),
+        ("RCPT TO:<u@example.test> ORCPT=rfc822;", "501 5.5.4"),
+        ("RCPT TO:<u@example.test> ORCPT=rfc822;a+4", "501 5.5.4"),
+        ("RCPT TO:<u@example.test> ORCPT=rfc822;j\u{f6}rg@example.test", "501 5.5.4"),
+        ("RCPT TO:<u@example.test> XFOO=1", "555 5.5.4"),
+        ("RCPT TO:<u@example.test> NOTIFY=SUCCESS ORCPT=rfc822;u@example.test", "250 2.1.5"),
+    ])
+    func rcptDSNParameters(_ line: String, _ expected: String) {
+        var s = Session()
+        _ = s.machine.connected()
+        s.send("EHLO client.test")
+        s.send("MAIL FROM:<a@client.test>")
+        #expect(s.send(line) == expected)
+    }
+
+    @Test func utf8OriginalRecipientNeedsSMTPUTF8() {
+        var s = Session()
+        _ = s.machine.connected()
+        s.send("EHLO client.test")
+        s.send("MAIL FROM:<a@client.test> SMTPUTF8 ENVID=caf\u{e9}")
+        #expect(s.machine.transaction?.parameters.envelopeID == "caf\u{e9}")
+        #expect(s.send("RCPT TO:<u@example.test> ORCPT=utf-8;j\u{f6}rg@example.test") == "250 2.1.5")
+    }
+
+    @Test func dsnParametersNeedEHLO() {
+        var s = Session()
+        _ = s.machine.connected()
+        s.send("HELO client.test")
+        #expect(s.send("MAIL FROM:<a@client.test> RET=FULL") == "555 5.5.4")
+        s.send("MAIL FROM:<a@client.test>")
+        #expect(s.send("RCPT TO:<u@example.test> NOTIFY=NEVER") == "555 5.5.4")
     }
 
     @Test func heloStageReject() {
@@ -276,7 +349,8 @@ struct SessionStateMachineTests {
         #expect(s.send("MAIL FROM:<sender@client.test> X-UNKNOWN=1") == "555 5.5.4")
         #expect(s.send("MAIL FROM:<sender@client.test> BODY=BINARYMIME") == "555 5.5.4")
         #expect(s.send("MAIL FROM:<sender@client.test> SIZE=1000 BODY=8BITMIME") == "250 2.1.0")
-        #expect(s.send("RCPT TO:<user@example.test> NOTIFY=NEVER") == "555 5.5.4")
+        #expect(s.send("RCPT TO:<user@example.test> X-UNKNOWN=1") == "555 5.5.4")
+        #expect(s.send("RCPT TO:<user@example.test> NOTIFY=NEVER") == "250 2.1.5")
     }
 
     @Test func mailWhenTheSpoolIsShortOfSpace() {

@@ -93,40 +93,93 @@ struct DeliveryStateTests {
     }
 }
 
-@Suite("BounceWriter")
-struct BounceReportTests {
-    @Test func reportHasTheRFC3464Parts() {
-        let envelope = SpoolEnvelope(
-            id: "ORIG1", sender: .mailbox(Mailbox(localPart: "s", domain: "client.test")), senderParameters: [],
+@Suite("DeliveryReport")
+struct DeliveryReportTests {
+    static func envelope(_ id: String, smtputf8: Bool = false, envid: String? = nil) -> SpoolEnvelope {
+        SpoolEnvelope(
+            id: id, sender: .mailbox(Mailbox(localPart: "s", domain: "client.test")), senderParameters: [],
             recipients: [], client: .init(address: "127.0.0.1", port: 1, helo: "x"), protocolName: "ESMTP",
-            receivedAt: 0, size: 10, body: nil, smtputf8: false, quarantine: nil, trace: []
+            receivedAt: 0, size: 10, body: nil, smtputf8: smtputf8, quarantine: nil, trace: [], envelopeID: envid
         )
-        let rcpt = SpoolEnvelope.SpooledRecipient(address: Mailbox(localPart: "bad", domain: "relay.test"), parameters: [], destination: "smtp://h:25")
-        let text = BounceWriter.report(
-            id: "B1", original: envelope, failures: [(rcpt, SMTPReply(550, "5.1.1", "no such user"))],
-            headers: "Subject: hi\r\n", hostname: "mx.example.test", to: Mailbox(localPart: "s", domain: "client.test")
+    }
+
+    static func rcpt(_ local: String, _ parameters: [ESMTPParameter] = []) -> SpoolEnvelope.SpooledRecipient {
+        SpoolEnvelope.SpooledRecipient(address: Mailbox(localPart: local, domain: "relay.test"), parameters: parameters, destination: "smtp://h:25")
+    }
+
+    static func text(_ report: DeliveryReport) -> String { String(decoding: report.render(), as: UTF8.self) }
+
+    @Test func reportHasTheRFC3464Parts() {
+        let report = DeliveryReport(
+            id: "B1", hostname: "mx.example.test", original: Self.envelope("ORIG1"), sender: Mailbox(localPart: "s", domain: "client.test"),
+            entries: [.init(recipient: Self.rcpt("bad"), reply: SMTPReply(550, "5.1.1", "no such user"), action: .failed)],
+            returned: .headers(Array("Subject: hi\r\n".utf8))
         )
+        let text = Self.text(report)
+        #expect(text.contains("Subject: Undelivered Mail Returned to Sender\r\n"))
         #expect(text.contains("Content-Type: multipart/report; report-type=delivery-status;"))
         #expect(text.contains("Final-Recipient: rfc822; bad@relay.test\r\n"))
         #expect(text.contains("Action: failed\r\nStatus: 5.1.1\r\n"))
         #expect(text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n"))
         #expect(text.contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: hi\r\n"))
         #expect(text.contains("--B1/mx.example.test--\r\n"))
+        #expect(!text.contains("Original-Envelope-Id") && !text.contains("Original-Recipient"))
         #expect(!text.contains("\n\n") && !text.replacingOccurrences(of: "\r\n", with: "").contains("\n"))
     }
 
     @Test func delayedReportSaysSo() {
-        let envelope = SpoolEnvelope(
-            id: "ORIG2", sender: .mailbox(Mailbox(localPart: "s", domain: "client.test")), senderParameters: [],
-            recipients: [], client: .init(address: "127.0.0.1", port: 1, helo: "x"), protocolName: "ESMTP",
-            receivedAt: 0, size: 10, body: nil, smtputf8: false, quarantine: nil, trace: []
+        let report = DeliveryReport(
+            id: "B2", hostname: "mx.example.test", original: Self.envelope("ORIG2"), sender: Mailbox(localPart: "s", domain: "client.test"),
+            entries: [.init(recipient: Self.rcpt("slow"), reply: SMTPReply(451, "4.2.0", "later"), action: .delayed)],
+            returned: .headers([])
         )
-        let rcpt = SpoolEnvelope.SpooledRecipient(address: Mailbox(localPart: "slow", domain: "relay.test"), parameters: [], destination: "smtp://h:25")
-        let text = BounceWriter.report(
-            id: "B2", original: envelope, failures: [(rcpt, SMTPReply(451, "4.2.0", "later"))],
-            headers: "", hostname: "mx.example.test", to: Mailbox(localPart: "s", domain: "client.test"), kind: .delayed
-        )
+        let text = Self.text(report)
         #expect(text.contains("Subject: Delayed Mail (still being retried)\r\n"))
         #expect(text.contains("Action: delayed\r\nStatus: 4.2.0\r\n"))
+    }
+
+    @Test func successReportCarriesEnvidAndOriginalRecipient() {
+        let orcpt = ESMTPParameter(keyword: "ORCPT", value: "rfc822;first+2Blast@relay.test")
+        let report = DeliveryReport(
+            id: "B3", hostname: "mx.example.test", original: Self.envelope("ORIG3", envid: "QQ 314"),
+            sender: Mailbox(localPart: "s", domain: "client.test"),
+            entries: [.init(recipient: Self.rcpt("ok", [ESMTPParameter(keyword: "NOTIFY", value: "SUCCESS"), orcpt]),
+                            reply: SMTPReply(250, "2.0.0", "delivered to maildir"), action: .delivered),
+                      .init(recipient: Self.rcpt("on"), reply: SMTPReply(250, nil, "queued"), action: .relayed)],
+            returned: .headers([])
+        )
+        let text = Self.text(report)
+        #expect(text.contains("Subject: Successful Mail Delivery Report\r\n"))
+        #expect(text.contains("Original-Envelope-Id: QQ 314\r\n"))
+        #expect(text.contains("Original-Recipient: rfc822;first+last@relay.test\r\nFinal-Recipient: rfc822; ok@relay.test\r\nAction: delivered\r\nStatus: 2.0.0\r\n"))
+        #expect(text.contains("Final-Recipient: rfc822; on@relay.test\r\nAction: relayed\r\nStatus: 2.0.0\r\n"))
+    }
+
+    @Test func internationalReportUsesTheGlobalTypes() {
+        let report = DeliveryReport(
+            id: "B4", hostname: "mx.example.test", original: Self.envelope("ORIG4", smtputf8: true),
+            sender: Mailbox(localPart: "s", domain: "client.test"),
+            entries: [.init(recipient: SpoolEnvelope.SpooledRecipient(address: Mailbox(localPart: "jörg", domain: "relay.test"), parameters: [], destination: "mx"),
+                            reply: SMTPReply(550, "5.1.1", "no"), action: .failed)],
+            returned: .message(Array("Subject: grüße\r\n\r\nbody\r\n".utf8))
+        )
+        let text = Self.text(report)
+        #expect(report.international)
+        #expect(text.contains("report-type=global-delivery-status;"))
+        #expect(text.contains("Content-Type: text/plain; charset=utf-8\r\n"))
+        #expect(text.contains("Content-Type: message/global-delivery-status\r\n"))
+        #expect(text.contains("Final-Recipient: utf-8; jörg@relay.test\r\n"))
+        #expect(text.contains("Content-Type: message/global\r\n\r\nSubject: grüße\r\n\r\nbody\r\n\r\n--B4/mx.example.test--\r\n"))
+    }
+
+    @Test func wholeMessageWithoutAFinalNewlineStillEndsItsPart() {
+        let report = DeliveryReport(
+            id: "B5", hostname: "h", original: Self.envelope("ORIG5"), sender: Mailbox(localPart: "s", domain: "client.test"),
+            entries: [.init(recipient: Self.rcpt("bad"), reply: SMTPReply(550, nil, "no"), action: .failed)],
+            returned: .message(Array("Subject: x\r\n\r\nno newline".utf8))
+        )
+        let text = Self.text(report)
+        #expect(text.contains("Content-Type: message/rfc822\r\n\r\nSubject: x\r\n\r\nno newline\r\n\r\n--B5/h--\r\n"))
+        #expect(text.contains("Status: 5.0.0\r\n"))
     }
 }

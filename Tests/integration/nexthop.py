@@ -13,7 +13,8 @@ thread, so tests (synchronous pytest code) can script faults and inspect what ar
 Every knob is a plain attribute and may be changed while the server runs (the change applies to
 the next command that looks at it):
 
-    ehlo_keywords : pipelining, size (int or None), eightbitmime, smtputf8, enhancedstatuscodes
+    ehlo_keywords : pipelining, size (int or None), eightbitmime, smtputf8, enhancedstatuscodes,
+                    dsn (off by default: RET/ENVID and NOTIFY/ORCPT are then accepted and recorded)
     ehlo_reply    : e.g. "502 5.5.2 EHLO not supported" -> EHLO refused (HELO still works)
     greeting_replies / mail_replies / data_replies : Script of replies, see `Script`
     rcpt_replies  : {addr: reply or [reply, reply, ...]} (per RCPT of that address, last one sticks)
@@ -125,6 +126,7 @@ class Transaction:
     started: float
     rcpts: list = field(default_factory=list)       # [(addr, reply)] for every RCPT
     accepted: list = field(default_factory=list)    # addrs that got a 2xx to RCPT
+    rcpt_params: dict = field(default_factory=dict)  # addr -> RCPT parameters (DSN)
     pipelined: bool | None = None
     smtputf8: bool = False
     data: bytes | None = None                       # un-dot-stuffed content (complete only)
@@ -158,6 +160,7 @@ class NextHop:
         self.eightbitmime = True
         self.smtputf8 = True
         self.enhancedstatuscodes = True
+        self.dsn = False
         # scripts and faults
         self.ehlo_reply: str | None = None
         self.greeting_replies = None
@@ -517,6 +520,8 @@ class _Session:
             lines.append("250 SMTPUTF8")
         if nh.enhancedstatuscodes:
             lines.append("250 ENHANCEDSTATUSCODES")
+        if nh.dsn:
+            lines.append("250 DSN")
         if nh.tls_context is not None and not self.conn.tls:
             lines.append("250 STARTTLS")
         return "\n".join(lines)
@@ -634,6 +639,8 @@ class _Session:
                 pass
             elif k == "SMTPUTF8" and not v and nh.smtputf8:
                 smtputf8 = True
+            elif k in ("RET", "ENVID") and v and nh.dsn:
+                pass
             else:
                 await self.reply(f"555 5.5.4 unsupported parameter {p}")
                 return
@@ -667,9 +674,10 @@ class _Session:
             self.nh._violation(self.conn, f"bad RCPT syntax: {arg!r}")
             await self.reply("501 5.5.4 syntax error in RCPT")
             return
-        if params:
+        if any(not (nh.dsn and p.partition("=")[0].upper() in ("NOTIFY", "ORCPT")) for p in params):
             await self.reply("555 5.5.4 unsupported RCPT parameter")
             return
+        self.txn.rcpt_params[addr] = params
         h = self.hostile_here("rcpt")
         if h:
             await self.do_hostile(h, "250")
@@ -923,7 +931,9 @@ def check_bounce(content: bytes, original_msgid: str, failed: dict, not_failed=(
     assert first == b"Return-Path: <>", f"bounce envelope sender is not <>: {first!r}"
     msg, parts = parse_bounce(content)
     assert msg.get_content_type() == "multipart/report", (msg.get_content_type(), content[:800])
-    assert (msg.get_param("report-type") or "").lower() == "delivery-status", msg.get("Content-Type")
+    # RFC 6533: a notice about an SMTPUTF8 message uses the global types
+    report_type = (msg.get_param("report-type") or "").lower()
+    assert report_type in ("delivery-status", "global-delivery-status"), msg.get("Content-Type")
     assert "Undelivered Mail Returned to Sender" in (msg.get("Subject") or ""), msg.get("Subject")
     assert parts["report"] is not None, f"no message/delivery-status part:\n{content[:3000]!r}"
     blocks = recipient_blocks(parts)
@@ -948,7 +958,7 @@ def check_bounce(content: bytes, original_msgid: str, failed: dict, not_failed=(
         assert b is None or (b.get("action") or "").lower() != "failed", \
             f"{rcpt} was delivered but the bounce says failed: {b}"
     hp = parts["headers_part"]
-    assert hp is not None, f"no text/rfc822-headers part:\n{content[:3000]!r}"
+    assert hp is not None, f"no text/rfc822-headers (message/global-headers) part:\n{content[:3000]!r}"
     assert original_msgid.encode() in hp, f"original Message-ID not in the headers part: {hp[:1000]!r}"
     assert b"\n\n" not in hp.replace(b"\r\n", b"\n").strip(b"\n"), "headers part contains a body"
     return blocks

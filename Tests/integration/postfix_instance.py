@@ -50,6 +50,18 @@ def postfix_unavailable() -> str | None:
     return None
 
 
+TEMPLATES = Path(__file__).resolve().parents[2] / "scripts" / "postfix"
+
+
+def _template(name: str, fill: dict[str, str]) -> str:
+    """scripts/postfix/NAME.in with its @KEY@ placeholders filled (shared with scripts/bench/run.sh)."""
+    text = (TEMPLATES / f"{name}.in").read_text()
+    for key, value in fill.items():
+        text = text.replace(f"@{key}@", value)
+    assert "@" not in text.replace("@WRITER@", ""), f"unfilled placeholder in {name}.in"
+    return text
+
+
 class PostfixInstance:
     def __init__(self, port: int, relay_port: int, main: dict[str, str] | None = None,
                  hostname: str = "postfix.example.net"):
@@ -69,63 +81,23 @@ class PostfixInstance:
         for d in (self.etc, self.queue, self.data):
             d.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.data, "postfix", "postfix")
+        fill = {"WRITER": "Tests/integration/postfix_instance.py", "HOSTNAME": self.hostname, "DOMAIN": "example.net",
+                "LISTEN": f"127.0.0.1:{self.port}", "SMTPD_MAX": "20", "QUEUE": str(self.queue),
+                "DATA": str(self.data), "MAILLOG": str(self.maillog), "BASE": str(self.base)}
+        # what this instance needs beyond the shared template (later lines win in main.cf)
         main = {
-            "compatibility_level": "3.6",
-            "queue_directory": str(self.queue),
-            "data_directory": str(self.data),
-            # postfix-files and dynamicmaps.cf stay the system's
-            "meta_directory": "/etc/postfix",
-            "myhostname": self.hostname,
-            "mydomain": "example.net",
-            "myorigin": "$myhostname",
-            "mydestination": "",
-            "relayhost": "",
-            "inet_interfaces": "loopback-only",
-            "inet_protocols": "ipv4",
-            "mynetworks": "127.0.0.0/8",
-            "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
             "relay_domains": "example.test",
             "relay_transport": f"relay:[127.0.0.1]:{self.relay_port}",
             "default_transport": f"smtp:[127.0.0.1]:{self.relay_port}",
             "smtp_dns_support_level": "disabled",
             "smtp_host_lookup": "native",
             "smtp_tls_security_level": "none",
-            "alias_maps": "",
-            "alias_database": "",
-            "local_recipient_maps": "",
-            "biff": "no",
-            "smtpd_banner": "$myhostname ESMTP",
-            "maillog_file": str(self.maillog),
-            "maillog_file_prefixes": str(self.base),
             "milter_protocol": "6",
         }
         main.update(self.main_extra)
         (self.etc / "main.cf").write_text(
-            "# private test instance (Tests/integration/postfix_instance.py)\n"
-            + "".join(f"{k} = {v}\n" for k, v in main.items()))
-        (self.etc / "master.cf").write_text(f"""\
-127.0.0.1:{self.port} inet n - n - 20 smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-""")
+            _template("main.cf", fill) + "".join(f"{k} = {v}\n" for k, v in main.items()))
+        (self.etc / "master.cf").write_text(_template("master.cf", fill))
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(["postfix", "-c", str(self.etc), *args], capture_output=True, text=True,

@@ -82,6 +82,9 @@ def test_smtputf8_not_offered_bounces_5_6_7(gateway_factory, nexthop_factory):
     _, _, msgid = submit(gw, [rcpt], mail_params="SMTPUTF8")
     [bounce] = wait_bounce(gw)
     check_bounce(bounce, msgid, {rcpt: None}, status_re=r"5\.6\.7")
+    # the original was SMTPUTF8: the notice uses RFC 6533's global types
+    assert b"report-type=global-delivery-status" in bounce, bounce[:1500]
+    assert b"Content-Type: message/global-headers" in bounce, bounce[:3000]
     assert nh.deliveries() == []
     assert nh.violations == [], nh.violations
 

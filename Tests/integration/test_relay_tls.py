@@ -1,12 +1,17 @@
-"""STARTTLS to the next hop (RFC 3207), per route `tls = "none" | "opportunistic" | "required"`.
-Real peers: the scriptable next hop (nexthop.py) with Python's ssl, a certificate made by openssl."""
+"""STARTTLS to the next hop (RFC 3207), per route
+`tls = "none" | "opportunistic" | "required" | "verify"` (and `tls_ca_file` for verify).
+Real peers: the scriptable next hop (nexthop.py) with Python's ssl, certificates made by openssl
+(a self-signed one, and a private CA with server certificates it signed); for `mx` routes the
+scriptable DNS server (dnsserver.py)."""
+import socket
 import ssl
 import subprocess
 import time
 
 import pytest
 
-from nexthop import FAST_QUEUE, nexthop_factory, queued_ids, submit  # noqa: F401
+from conftest import dns_section, run_cli
+from nexthop import FAST_QUEUE, nexthop_factory, queued_ids, submit, wait_until  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +96,215 @@ def test_invalid_tls_key_is_a_config_error(tmp_path):
                     '[[route]]\ndomains = ["x.test"]\nto = "smtp://127.0.0.1:25"\ntls = "sometimes"\n')
     r = run_cli("check-config", "--config", str(conf))
     assert r.returncode != 0 and b"tls" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# tls = "verify": chain and name checked, or the mail waits (Postfix's smtp_tls_security_level = verify)
+# ------------------------------------------------------------------------------------------------
+
+def _openssl(*args):
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+class PrivateCA:
+    """A throwaway CA (ca.pem) and server certificates it signs, each for the subjectAltNames asked."""
+
+    def __init__(self, d):
+        self.dir = d
+        self.cert = d / "ca.pem"
+        self.key = d / "ca.key"
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.key), "-out", str(self.cert),
+                 "-days", "2", "-subj", "/CN=Sluice Test CA",
+                 "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+
+    def server_context(self, name: str, san: str) -> ssl.SSLContext:
+        """A server context with a certificate for `san` (e.g. "DNS:localhost", "IP:127.0.0.1") signed by the CA."""
+        key, csr, cert, ext = (self.dir / f"{name}.{x}" for x in ("key", "csr", "pem", "ext"))
+        ext.write_text(f"subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}")
+        _openssl("x509", "-req", "-in", str(csr), "-CA", str(self.cert), "-CAkey", str(self.key), "-CAcreateserial",
+                 "-out", str(cert), "-days", "2", "-extfile", str(ext))
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert), str(key))
+        return ctx
+
+
+@pytest.fixture(scope="module")
+def private_ca(tmp_path_factory):
+    return PrivateCA(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def self_signed_localhost(tmp_path_factory):
+    """A self-signed certificate that names localhost correctly but chains to no trusted CA."""
+    d = tmp_path_factory.mktemp("selfsigned")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"),
+             "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(d / "cert.pem"), str(d / "key.pem"))
+    return ctx
+
+
+def verify_gateway(gateway_factory, url, ca_file=None, tls="verify"):
+    route = {"domains": ["relay.test"], "to": url, "tls": tls}
+    if ca_file is not None:
+        route["tls_ca_file"] = str(ca_file)
+    routes = [route, {"domains": ["client.test", "example.test"], "to": "maildir:var/mail"}]
+    return gateway_factory(routes=routes, extra=FAST_QUEUE)
+
+
+def _mail_connections(nh):
+    return [c for c in nh.connections if any(cmd.upper().startswith(b"MAIL") for cmd in c.commands)]
+
+
+def _assert_waits(gw, nh, qid, reason: str, attempts: int = 2):
+    """The mail stays queued, nothing went out (no MAIL, in TLS or plaintext), every attempt
+    tried STARTTLS again (no plaintext fallback), and the 4.7.5 deferral names `reason`."""
+    assert wait_until(lambda: "4.7.5" in gw.stderr_text() and reason in gw.stderr_text(), 10), \
+        f"no 4.7.5 deferral naming {reason!r} logged:\n{gw.stderr_text()}"
+    # FAST_QUEUE retries within a couple of seconds: a second attempt must try STARTTLS again.
+    nh.wait_for(lambda: len(nh.connections) >= attempts, 15, f"{attempts} attempts")
+    time.sleep(0.5)
+    assert nh.deliveries() == [] and _mail_connections(nh) == [], nh.summary()
+    for c in nh.connections:
+        assert any(cmd.upper() == b"STARTTLS" for cmd in c.commands) or not c.commands, nh.summary()
+    assert qid in queued_ids(gw)
+    assert "plaintext to this next hop" not in gw.stderr_text()
+
+
+def test_tls_verify_delivers_with_the_ca_file_and_a_matching_name(gateway_factory, nexthop_factory, private_ca, tmp_path):
+    nh = nexthop_factory(tls_context=private_ca.server_context("localhost", "DNS:localhost"))
+    # A relative tls_ca_file resolves against the config file's directory (tmp_path/gwN/).
+    (tmp_path / "anchors.pem").write_bytes(private_ca.cert.read_bytes())
+    gw = verify_gateway(gateway_factory, f"smtp://localhost:{nh.port}", ca_file="../anchors.pem")
+    submit(gw, ["v1@relay.test"])
+    nh.wait_for_delivery("v1@relay.test", timeout=10)
+    conns = _mail_connections(nh)
+    assert conns and all(c.tls for c in conns), nh.summary()
+    assert wait_until(lambda: "tls=verified" in gw.stderr_text(), 5), gw.stderr_text()
+
+
+def test_tls_verify_defers_a_certificate_from_an_unknown_ca(gateway_factory, nexthop_factory, private_ca,
+                                                            self_signed_localhost):
+    nh = nexthop_factory(tls_context=self_signed_localhost)
+    gw = verify_gateway(gateway_factory, f"smtp://localhost:{nh.port}", ca_file=private_ca.cert)
+    r, _, _ = submit(gw, ["v2@relay.test"])
+    _assert_waits(gw, nh, r.queue_id(), "certificate verify failed")
+
+
+def test_tls_verify_defers_on_a_name_mismatch(gateway_factory, nexthop_factory, private_ca):
+    # Signed by the trusted CA, but for another name.
+    nh = nexthop_factory(tls_context=private_ca.server_context("nexthop.test", "DNS:nexthop.test"))
+    gw = verify_gateway(gateway_factory, f"smtp://localhost:{nh.port}", ca_file=private_ca.cert)
+    r, _, _ = submit(gw, ["v3@relay.test"])
+    _assert_waits(gw, nh, r.queue_id(), "name mismatch")
+
+
+def test_tls_verify_waits_for_a_next_hop_with_starttls(gateway_factory, nexthop_factory, private_ca):
+    nh = nexthop_factory()  # no STARTTLS offered
+    gw = verify_gateway(gateway_factory, f"smtp://localhost:{nh.port}", ca_file=private_ca.cert)
+    r, _, _ = submit(gw, ["v4@relay.test"])
+    assert wait_until(lambda: "does not offer STARTTLS" in gw.stderr_text(), 10), gw.stderr_text()
+    nh.wait_for(lambda: len(nh.connections) >= 2, 15, "a retry")
+    assert nh.deliveries() == [] and _mail_connections(nh) == [], "mail went out in plaintext despite tls = verify"
+    assert r.queue_id() in queued_ids(gw)
+    assert "4.7.5" in gw.stderr_text()
+
+
+def test_tls_verify_uses_the_system_trust_store_without_a_ca_file(gateway_factory, nexthop_factory, private_ca):
+    # The private CA is not in the system store: the chain does not verify.
+    nh = nexthop_factory(tls_context=private_ca.server_context("localhost", "DNS:localhost"))
+    gw = verify_gateway(gateway_factory, f"smtp://localhost:{nh.port}")
+    r, _, _ = submit(gw, ["v5@relay.test"])
+    _assert_waits(gw, nh, r.queue_id(), "certificate verify failed")
+
+
+def test_tls_verify_ip_literal_next_hop_matches_an_ip_subject_alt_name(gateway_factory, nexthop_factory, private_ca):
+    nh = nexthop_factory(tls_context=private_ca.server_context("ip", "IP:127.0.0.1"))
+    gw = verify_gateway(gateway_factory, nh.url, ca_file=private_ca.cert)  # smtp://127.0.0.1:PORT
+    submit(gw, ["v6@relay.test"])
+    nh.wait_for_delivery("v6@relay.test", timeout=10)
+    assert all(c.tls for c in _mail_connections(nh))
+
+
+def test_tls_verify_ip_literal_next_hop_with_only_a_dns_name_defers(gateway_factory, nexthop_factory, private_ca):
+    nh = nexthop_factory(tls_context=private_ca.server_context("localhost", "DNS:localhost"))
+    gw = verify_gateway(gateway_factory, nh.url, ca_file=private_ca.cert)
+    r, _, _ = submit(gw, ["v7@relay.test"])
+    _assert_waits(gw, nh, r.queue_id(), "name mismatch")
+
+
+def _mx_port() -> int:
+    # 127.0.0.2 only: the mail host below listens there.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.2", 0))
+        return s.getsockname()[1]
+
+
+def _mx_gateway(gateway_factory, dns_server, port, ca_file):
+    routes = [{"domains": ["example.net"], "to": "mx", "tls": "verify", "tls_ca_file": str(ca_file)},
+              {"domains": ["client.test"], "to": "maildir:var/mail"}]
+    extra = FAST_QUEUE + f"mx_port = {port}\n\n" + dns_section(dns_server)
+    return gateway_factory(routes=routes, extra=extra)
+
+
+def test_tls_verify_mx_route_checks_the_mx_host_name(gateway_factory, nexthop_factory, dns_server, private_ca):
+    # The certificate names the MX host (no IP subjectAltName): only the name from DNS can match.
+    port = _mx_port()
+    nh = nexthop_factory(host="127.0.0.2", port=port,
+                         tls_context=private_ca.server_context("mx1", "DNS:mx1.example.net"))
+    dns_server.set_zone({"example.net": [("MX", (10, "mx1.example.net"))],
+                         "mx1.example.net": [("A", "127.0.0.2")]})
+    gw = _mx_gateway(gateway_factory, dns_server, port, private_ca.cert)
+    submit(gw, ["v8@example.net"])
+    nh.wait_for_delivery("v8@example.net", timeout=10)
+    assert all(c.tls for c in _mail_connections(nh))
+    assert "server_name=mx1.example.net" in gw.stderr_text()
+
+
+def test_tls_verify_mx_route_defers_when_the_mx_name_is_not_in_the_certificate(
+        gateway_factory, nexthop_factory, dns_server, private_ca):
+    port = _mx_port()
+    nh = nexthop_factory(host="127.0.0.2", port=port,
+                         tls_context=private_ca.server_context("mx-other", "DNS:other.example.net,IP:127.0.0.3"))
+    dns_server.set_zone({"example.net": [("MX", (10, "mx1.example.net"))],
+                         "mx1.example.net": [("A", "127.0.0.2")]})
+    gw = _mx_gateway(gateway_factory, dns_server, port, private_ca.cert)
+    r, _, _ = submit(gw, ["v9@example.net"])
+    _assert_waits(gw, nh, r.queue_id(), "name mismatch")
+
+
+def _check_config(tmp_path, route: str, files: dict | None = None):
+    for name, content in (files or {}).items():
+        (tmp_path / name).write_text(content)
+    conf = tmp_path / "p.conf"
+    conf.write_text('[server]\nhostname = "mx.example.test"\n[[listener]]\naddress = "127.0.0.1:2599"\n'
+                    '[[route]]\ndomains = ["x.test"]\n' + route)
+    return run_cli("check-config", "--config", str(conf))
+
+
+def test_tls_verify_config_checks(tmp_path, private_ca):
+    ca = private_ca.cert.read_text()
+    ok = _check_config(tmp_path, 'to = "smtp://relay.example:25"\ntls = "verify"\ntls_ca_file = "ca.pem"\n', {"ca.pem": ca})
+    assert ok.returncode == 0, ok.stderr
+    ok = _check_config(tmp_path, 'to = "mx"\ntls = "verify"\n')
+    assert ok.returncode == 0, ok.stderr
+    ok = _check_config(tmp_path, 'to = "smtp://127.0.0.1:25"\ntls = "verify"\n')  # matched by IP subjectAltName
+    assert ok.returncode == 0, ok.stderr
+
+    bad = [
+        ('to = "smtp://relay.example:25"\ntls = "verify"\ntls_ca_file = "missing.pem"\n', {}, b"cannot read"),
+        ('to = "smtp://relay.example:25"\ntls = "verify"\ntls_ca_file = "junk.pem"\n', {"junk.pem": "not a certificate\n"},
+         b"not a PEM bundle"),
+        ('to = "smtp://relay.example:25"\ntls = "required"\ntls_ca_file = "ca.pem"\n', {"ca.pem": ca}, b"verify"),
+        ('to = "smtp://relay.example:25"\ntls_ca_file = "ca.pem"\n', {"ca.pem": ca}, b"verify"),
+        ('to = "mx"\ntls = "opportunistic"\ntls_ca_file = "ca.pem"\n', {"ca.pem": ca}, b"verify"),
+        ('to = "maildir:m"\ntls_ca_file = "ca.pem"\n', {"ca.pem": ca}, b"only SMTP and LMTP"),
+    ]
+    for route, files, words in bad:
+        r = _check_config(tmp_path, route, files)
+        assert r.returncode != 0, route
+        assert b"tls_ca_file" in r.stderr and words in r.stderr, (route, r.stderr)
+
+    r = _check_config(tmp_path, 'to = "lmtp:unix:/run/lmtp.sock"\ntls = "verify"\n')
+    assert r.returncode != 0 and b"tls" in r.stderr and b"unix socket" in r.stderr, r.stderr

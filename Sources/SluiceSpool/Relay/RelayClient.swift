@@ -14,6 +14,11 @@ public struct RelayMessage: Sendable {
     public var contentLength: Int
     public var body: BodyType?
     public var smtputf8: Bool
+    /// DSN requests (RFC 3461), passed on when the next hop offers DSN: MAIL's RET and ENVID
+    /// (decoded), and each recipient's NOTIFY and ORCPT parameters (in `recipients` order).
+    public var dsnReturn: DSNReturn?
+    public var envelopeID: String?
+    public var recipientParameters: [[ESMTPParameter]] = []
 
     /// Header fields sent before the content (CRLF lines).
     public var prefix: [UInt8]
@@ -38,6 +43,9 @@ public struct RelayMessage: Sendable {
 public enum RecipientOutcome: Sendable, Hashable, CustomStringConvertible {
     /// 2xx: the next hop took it.
     case delivered(SMTPReply)
+    /// 2xx from a next hop that offers DSN and got the recipient's DSN request: any further
+    /// notice about the recipient is the next hop's to send.
+    case passedOn(SMTPReply)
     /// 4xx, or the connection failed: try again later.
     case deferred(SMTPReply)
     /// 5xx: give up and bounce.
@@ -45,13 +53,14 @@ public enum RecipientOutcome: Sendable, Hashable, CustomStringConvertible {
 
     public var reply: SMTPReply {
         switch self {
-        case .delivered(let r), .deferred(let r), .failed(let r): r
+        case .delivered(let r), .passedOn(let r), .deferred(let r), .failed(let r): r
         }
     }
 
     public var description: String {
         switch self {
         case .delivered(let r): "delivered (\(r))"
+        case .passedOn(let r): "delivered (\(r)), DSN passed on"
         case .deferred(let r): "deferred (\(r))"
         case .failed(let r): "failed (\(r))"
         }
@@ -67,30 +76,24 @@ public enum RelayEndpoint: Sendable, Hashable, CustomStringConvertible {
     case smtp(host: String, port: Int)
     case lmtp(host: String, port: Int)
     case lmtpUnix(path: String)
+    /// A mail host an `mx` route found: reached at `address`; under `tls = "verify"` its
+    /// certificate must name `name`, the MX host name from DNS (as Postfix's verify level does).
+    case mailHost(name: String, address: String, port: Int)
 
     var isLMTP: Bool {
-        if case .smtp = self { return false }
-        return true
+        switch self {
+        case .smtp, .mailHost: false
+        case .lmtp, .lmtpUnix: true
+        }
     }
 
     public var description: String {
         switch self {
-        case .smtp(let h, let p): "smtp://\(h):\(p)"
+        case .smtp(let h, let p), .mailHost(_, let h, let p): "smtp://\(h):\(p)"
         case .lmtp(let h, let p): "lmtp://\(h):\(p)"
         case .lmtpUnix(let path): "lmtp:unix:\(path)"
         }
     }
-}
-
-/// A route's `tls` for its next hop.
-public enum RelayTLSPolicy: String, Sendable, CaseIterable {
-    /// Never STARTTLS.
-    case none
-    /// STARTTLS when offered, without certificate verification (Postfix's `may`); after a failed
-    /// handshake the next hop is used in plaintext for an hour. The default.
-    case opportunistic
-    /// Only over STARTTLS (not verified, Postfix's `encrypt`); without it the mail waits.
-    case required
 }
 
 /// Timeouts of the relay client (`[queue]` keys).
@@ -111,7 +114,7 @@ public struct RelayTimeouts: Sendable {
 /// (RFC 1870, 6152, 6531) before anything is sent; content goes out canonical (CRLF,
 /// dot-stuffed). LMTP (RFC 2033) reads one reply per accepted recipient after the final dot.
 /// A protocol error, hostile reply or timeout fails the connection cleanly and defers the
-/// recipients not yet answered.
+/// recipients not yet answered. STARTTLS follows the route's `tls` (``RelayTLSPolicy``).
 public final class RelayClient: Sendable {
     public let hostname: String
     let group: any EventLoopGroup
@@ -119,34 +122,34 @@ public final class RelayClient: Sendable {
     let timeouts: RelayTimeouts
     let logger: Logger
     private let dispatcher: RelayDispatcher
-    private let tlsPolicies: [RelayEndpoint: RelayTLSPolicy]
-    private let defaultTLSPolicy: RelayTLSPolicy
-    private let tlsContext: NIOSSLContext
+    private let tlsSettings: [RelayEndpoint: RelayTLSSettings]
+    private let defaultTLSSettings: RelayTLSSettings
+    private let tlsContexts: RelayTLSContexts
     private let tlsFailures = Mutex<[RelayEndpoint: NIODeadline]>([:])
 
     /// - Parameters:
-    ///   - tlsPolicies: each route's `tls` by next hop.
-    ///   - defaultTLSPolicy: for every other next hop (mail hosts found by an `mx` route).
+    ///   - tlsSettings: each route's `tls` (and `tls_ca_file`) by next hop.
+    ///   - defaultTLSSettings: for every other next hop (mail hosts found by an `mx` route).
+    ///
+    /// The TLS contexts are built here, once: one per distinct `tls_ca_file` of a `verify` route.
     public init(
         hostname: String, group: any EventLoopGroup, threadPool: NIOThreadPool, timeouts: RelayTimeouts,
-        connectionsPerDestination: Int = 20, tlsPolicies: [RelayEndpoint: RelayTLSPolicy] = [:],
-        defaultTLSPolicy: RelayTLSPolicy = .opportunistic, logger: Logger
+        connectionsPerDestination: Int = 20, tlsSettings: [RelayEndpoint: RelayTLSSettings] = [:],
+        defaultTLSSettings: RelayTLSSettings = .opportunistic, logger: Logger
     ) throws {
-        self.defaultTLSPolicy = defaultTLSPolicy
+        self.defaultTLSSettings = defaultTLSSettings
         self.hostname = hostname
         self.group = group
         self.threadPool = threadPool
         self.timeouts = timeouts
         self.logger = logger
         self.dispatcher = RelayDispatcher(limit: connectionsPerDestination)
-        self.tlsPolicies = tlsPolicies
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.certificateVerification = .none  // opportunistic and "encrypt" levels do not verify
-        tls.minimumTLSVersion = .tlsv12
-        self.tlsContext = try NIOSSLContext(configuration: tls)
+        self.tlsSettings = tlsSettings
+        self.tlsContexts = try RelayTLSContexts(Array(tlsSettings.values) + [defaultTLSSettings])
     }
 
-    func tlsPolicy(for endpoint: RelayEndpoint) -> RelayTLSPolicy { tlsPolicies[endpoint] ?? defaultTLSPolicy }
+    func tlsSettings(for endpoint: RelayEndpoint) -> RelayTLSSettings { tlsSettings[endpoint] ?? defaultTLSSettings }
+    func tlsPolicy(for endpoint: RelayEndpoint) -> RelayTLSPolicy { tlsSettings(for: endpoint).policy }
 
     func tlsRecentlyFailed(_ endpoint: RelayEndpoint) -> Bool {
         tlsFailures.withLock { $0[endpoint].map { NIODeadline.now() < $0 } ?? false }
@@ -158,16 +161,46 @@ public final class RelayClient: Sendable {
     }
 
     /// Puts a TLS client handler in front of the connection, after the next hop's 220 to STARTTLS.
-    func startTLS(on channel: any Channel, endpoint: RelayEndpoint) async throws {
-        let context = tlsContext
-        var serverName: String?
-        if case .smtp(let host, _) = endpoint, IPAddressText.isLiteral(host) == false { serverName = host }
-        if case .lmtp(let host, _) = endpoint, IPAddressText.isLiteral(host) == false { serverName = host }
-        let name = serverName
+    /// Returns what keeps the handler's first error (why a `verify` handshake failed).
+    func startTLS(on channel: any Channel, endpoint: RelayEndpoint) async throws -> TLSHandshakeErrorRecorder {
+        let settings = tlsSettings(for: endpoint)
+        let context = tlsContexts.context(for: settings)
+        let name = Self.tlsServerName(endpoint, policy: settings.policy)
+        let expected = name ?? Self.tlsAddress(endpoint).map { "the address \($0)" } ?? "no name"
+        let recorder = TLSHandshakeErrorRecorder()
         try await channel.eventLoop.submit {
             let handler = try NIOSSLClientHandler(context: context, serverHostname: name)
             try channel.pipeline.syncOperations.addHandler(handler, position: .first)
+            let watcher = recorder.handler { RelayTLSContexts.reason($0, expected: expected) }
+            try channel.pipeline.syncOperations.addHandler(watcher, position: .after(handler))
         }.get()
+        return recorder
+    }
+
+    /// The address a `verify` certificate must carry (as an IP subjectAltName) when there is no name.
+    static func tlsAddress(_ endpoint: RelayEndpoint) -> String? {
+        switch endpoint {
+        case .smtp(let host, _), .lmtp(let host, _), .mailHost(_, let host, _): host
+        case .lmtpUnix: nil
+        }
+    }
+
+    /// The SNI name, which `verify` also checks the certificate against: the route's host, or
+    /// (under `verify` only, as before for the other levels) the MX host name. Nil for an IP
+    /// literal: then an IP subjectAltName must match the address connected to.
+    static func tlsServerName(_ endpoint: RelayEndpoint, policy: RelayTLSPolicy) -> String? {
+        var name: String
+        switch endpoint {
+        case .smtp(let host, _), .lmtp(let host, _): name = host
+        case .mailHost(let host, _, _):
+            guard policy == .verify else { return nil }
+            name = host
+        case .lmtpUnix: return nil
+        }
+        if name.hasSuffix(".") { name.removeLast() }
+        // An address literal ([192.0.2.1]) from an `mx` route is an address, not a name.
+        guard !name.isEmpty, !name.hasPrefix("["), !IPAddressText.isLiteral(name) else { return nil }
+        return name
     }
 
     /// Delivers one message to one next hop; returns each recipient's outcome, in order.
@@ -255,7 +288,7 @@ public final class RelayClient: Sendable {
             }
         }
         switch endpoint {
-        case .smtp(let host, let port), .lmtp(let host, let port):
+        case .smtp(let host, let port), .lmtp(let host, let port), .mailHost(_, let host, let port):
             return try await bootstrap.connect(host: host, port: port, channelInitializer: initializer)
         case .lmtpUnix(let path):
             return try await bootstrap.connect(unixDomainSocketPath: path, channelInitializer: initializer)

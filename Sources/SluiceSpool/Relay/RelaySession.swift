@@ -1,3 +1,4 @@
+import Logging
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -81,7 +82,9 @@ struct RelaySession {
     }
 
     /// STARTTLS (RFC 3207) per the route's `tls`: opportunistic uses it when offered (and falls
-    /// back to plaintext for a while after a failed handshake), required defers without it.
+    /// back to plaintext for a while after a failed handshake), required defers without it, and
+    /// verify also defers (4.7.5, naming the problem) when the certificate does not verify or
+    /// does not name the next hop; neither ever falls back to plaintext.
     private mutating func negotiateTLS(_ extensions: [String: String]) async throws -> Result<[String: String], RecipientOutcomeFailure> {
         let policy = client.tlsPolicy(for: endpoint)
         let offered = extensions["STARTTLS"] != nil
@@ -89,27 +92,39 @@ struct RelaySession {
             try? await send("QUIT\r\n")
             return .failure(.init(outcome: .deferred(SMTPReply(451, "4.7.5", why))))
         }
-        guard policy != .none, offered, policy == .required || !client.tlsRecentlyFailed(endpoint) else {
-            if policy == .required { return await refuse("TLS is required but \(endpoint) does not offer STARTTLS") }
+        let level = policy == .verify ? "TLS with a verified certificate (tls = verify)" : "TLS"
+        guard policy != .none, offered, policy.demandsTLS || !client.tlsRecentlyFailed(endpoint) else {
+            if policy.demandsTLS { return await refuse("\(level) is required but \(endpoint) does not offer STARTTLS") }
             return .success(extensions)
         }
         try await send("STARTTLS\r\n")
         let ready = try await readReply()
         guard ready.code == 220 else {
-            if policy == .required { return await refuse("\(endpoint) refused STARTTLS: \(ready)") }
+            if policy.demandsTLS { return await refuse("\(endpoint) refused STARTTLS: \(ready)") }
             return .success(extensions)
         }
         // Nothing may follow the 220 in plaintext (RFC 3207 section 5, CVE-2011-0411).
         guard !parser.hasBufferedInput else { throw Failure(description: "\(endpoint) sent data after its STARTTLS 220") }
+        var recorder: TLSHandshakeErrorRecorder?
         do {
-            try await client.startTLS(on: watchdog.channel, endpoint: endpoint)
+            recorder = try await client.startTLS(on: watchdog.channel, endpoint: endpoint)
             try await send("\(endpoint.isLMTP ? "LHLO" : "EHLO") \(client.hostname)\r\n")
             let hello = try await readReply()
             guard hello.code == 250 else { return await refuse("\(endpoint) refused EHLO after STARTTLS: \(hello)") }
             tlsActive = true
+            client.logger.info("STARTTLS done", metadata: [
+                "next_hop": "\(endpoint)", "tls": "\(policy == .verify ? "verified" : "unverified")",
+                "server_name": "\(RelayClient.tlsServerName(endpoint, policy: policy) ?? "-")",
+            ])
             return .success(Self.extensions(hello))
         } catch {
             if policy == .opportunistic { client.noteTLSFailure(endpoint) }
+            if policy == .verify {
+                // The connection is unusable; nothing more is said on it, in TLS or in plaintext.
+                let why = recorder?.reason ?? RelayTLSContexts.reason(error, expected: "\(endpoint)")
+                client.logger.notice("TLS verification failed", metadata: ["next_hop": "\(endpoint)", "error": "\(why)"])
+                return .failure(.init(outcome: .deferred(SMTPReply(451, "4.7.5", "TLS with \(endpoint) failed: \(why)"))))
+            }
             throw Failure(description: "TLS with \(endpoint) failed: \(error)")
         }
     }
@@ -153,7 +168,20 @@ struct RelaySession {
         if extensions["SIZE"] != nil { mail += " SIZE=\(message.size)" }
         if message.body == .eightBitMIME { mail += " BODY=8BITMIME" }
         if message.smtputf8 { mail += " SMTPUTF8" }
-        let commands = [mail] + message.recipients.map { "RCPT TO:<\($0)>" } + ["DATA"]
+        // DSN (RFC 3461 5.2): the requests go on to a next hop that offers it, and it notifies.
+        let dsn = extensions["DSN"] != nil
+        if dsn, let ret = message.dsnReturn { mail += " RET=\(ret.rawValue)" }
+        if dsn, let envid = message.envelopeID { mail += " ENVID=\(XText.encode(envid))" }
+        let rcpts = message.recipients.indices.map { i in
+            let params = dsn && i < message.recipientParameters.count ? message.recipientParameters[i] : []
+            return "RCPT TO:<\(message.recipients[i])>" + params.map { " \($0)" }.joined()
+        }
+        func taken(_ reply: SMTPReply) -> RecipientOutcome {
+            let outcome = RecipientOutcome.from(reply)
+            if dsn, case .delivered(let r) = outcome { return .passedOn(r) }
+            return outcome
+        }
+        let commands = [mail] + rcpts + ["DATA"]
 
         var accepted: [Int] = []
         var dataReply: SMTPReply
@@ -177,8 +205,8 @@ struct RelaySession {
             try await send(mail + "\r\n")
             let mailReply = try await readReply()
             guard mailReply.code == 250 else { return all(.from(mailReply)) }
-            for (i, rcpt) in message.recipients.enumerated() {
-                try await send("RCPT TO:<\(rcpt)>\r\n")
+            for (i, rcpt) in rcpts.enumerated() {
+                try await send(rcpt + "\r\n")
                 let r = try await readReply()
                 if r.isPositive { accepted.append(i) } else { outcomes[i] = .from(r) }
             }
@@ -200,10 +228,10 @@ struct RelaySession {
 
         if endpoint.isLMTP {
             // RFC 2033 4.2: one reply per accepted recipient, in RCPT order.
-            for i in accepted { outcomes[i] = .from(try await readReply()) }
+            for i in accepted { outcomes[i] = taken(try await readReply()) }
         } else {
             let final = try await readReply()
-            for i in accepted { outcomes[i] = .from(final) }
+            for i in accepted { outcomes[i] = taken(final) }
         }
     }
 
@@ -248,6 +276,7 @@ extension RecipientOutcome {
     /// A refused greeting or HELO is about the connection, not the recipient: retry unless permanent.
     var asDeferredUnlessPermanent: RecipientOutcome {
         if case .delivered(let r) = self { return .deferred(r) }
+        if case .passedOn(let r) = self { return .deferred(r) }
         return self
     }
 }
