@@ -129,7 +129,7 @@ let package = Package(
             "SluiceMilterServer", "SluicePipeline", "SluiceStageAPI", "SMTPCore",
         ]),
         .testTarget(name: "SluiceRuntimeTests", dependencies: [
-            "SluiceRuntime", "SluiceStageAPI", "SluicePipeline", "SluiceServer", "SluiceStages", "SMTPCore",
+            "SluiceRuntime", "SluiceStageAPI", "SluicePipeline", "SluiceServer", "SluiceStages", "SluiceSpool", "SMTPCore",
             .product(name: "Logging", package: "swift-log"),
         ]),
     ]

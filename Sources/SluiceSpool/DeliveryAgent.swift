@@ -247,10 +247,13 @@ public final class DeliveryAgent: Sendable {
                 for address in host.addresses {
                     let outcomes = await relay.deliver(relayMessage, to: .mailHost(name: host.name, address: "\(address)", port: policy.mxPort))
                     let unreachable = outcomes.allSatisfy {
-                        if case .deferred(let r) = $0 { r.enhancedCode?.description == "4.4.1" || RelaySession.isGreetingRefusal(r) } else { false }
+                        // unreachable, refusing to talk, or failing a TLS requirement (4.7.5): as Postfix, the next host
+                        if case .deferred(let r) = $0 {
+                            ["4.4.1", "4.7.5"].contains(r.enhancedCode?.description ?? "") || RelaySession.isGreetingRefusal(r)
+                        } else { false }
                     }
                     if !unreachable { return Array(zip(indices, outcomes)) }
-                    logger.info("mail host unreachable, trying the next", metadata: [
+                    logger.info("mail host unusable, trying the next", metadata: [
                         "domain": "\(domain)", "host": "\(host.name)", "address": "\(address)", "reply": "\(outcomes.first?.reply.description ?? "")",
                     ])
                     last = outcomes

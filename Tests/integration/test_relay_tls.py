@@ -308,3 +308,21 @@ def test_tls_verify_config_checks(tmp_path, private_ca):
 
     r = _check_config(tmp_path, 'to = "lmtp:unix:/run/lmtp.sock"\ntls = "verify"\n')
     assert r.returncode != 0 and b"tls" in r.stderr and b"unix socket" in r.stderr, r.stderr
+
+
+def test_tls_verify_mx_route_moves_on_to_the_next_mail_host(gateway_factory, nexthop_factory, dns_server, private_ca):
+    # mx1's certificate does not name it; mx2's does. As Postfix, a TLS failure at one mail
+    # host sends the mail on to the next one instead of waiting.
+    port = _mx_port()
+    bad = nexthop_factory(host="127.0.0.2", port=port,
+                          tls_context=private_ca.server_context("mx-bad", "DNS:other.example.net"))
+    good = nexthop_factory(host="127.0.0.3", port=port,
+                           tls_context=private_ca.server_context("mx-good", "DNS:mx2.example.net"))
+    dns_server.set_zone({"example.net": [("MX", (10, "mx1.example.net")), ("MX", (20, "mx2.example.net"))],
+                         "mx1.example.net": [("A", "127.0.0.2")], "mx2.example.net": [("A", "127.0.0.3")]})
+    gw = _mx_gateway(gateway_factory, dns_server, port, private_ca.cert)
+    submit(gw, ["v10@example.net"])
+    good.wait_for_delivery("v10@example.net", timeout=10)
+    assert all(c.tls for c in _mail_connections(good))
+    assert not [t for t in bad.transactions], "mail went to the host whose certificate failed"
+    assert "mail host unusable, trying the next" in gw.stderr_text()
