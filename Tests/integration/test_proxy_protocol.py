@@ -53,6 +53,12 @@ def send_message(c, subject):
     return r
 
 
+def proxied_message(port, header, subject):
+    """One message through the PROXY listener after `header`; the reply to its end of data."""
+    with session(port, header) as c:
+        return send_message(c, subject)
+
+
 def received(gw, subject):
     for m in gw.wait_for_mail("user@example.test", count=1):
         if f"Subject: {subject}".encode() in m:
@@ -62,58 +68,35 @@ def received(gw, subject):
 
 def test_v1_from_an_allowed_proxy_gives_the_real_client(gateway_factory):
     gw, port = proxy_gateway(gateway_factory)
-    c = session(port, v1())
-    try:
-        assert send_message(c, "v1").code == 250
-    finally:
-        c.close()
+    assert proxied_message(port, v1(), "v1").code == 250
     assert "[203.0.113.7]" in received(gw, "v1")
 
 
 def test_v2_ipv6_and_the_first_command_in_the_same_packet(gateway_factory):
     gw, port = proxy_gateway(gateway_factory)
-    c = SMTPClient("127.0.0.1", port, timeout=10)
-    try:
-        c.send(v2("2001:db8::9", "2001:db8::1"))
-        assert send_message(c, "v2").code == 250
-    finally:
-        c.close()
+    assert proxied_message(port, v2("2001:db8::9", "2001:db8::1"), "v2").code == 250
     assert "[IPv6:2001:db8::9]" in received(gw, "v2")
 
 
 def test_v2_local_keeps_the_proxy_address(gateway_factory):
     gw, port = proxy_gateway(gateway_factory)
-    c = session(port, v2("", "", command=0))
-    try:
-        assert send_message(c, "local").code == 250
-    finally:
-        c.close()
+    assert proxied_message(port, v2("", "", command=0), "local").code == 250
     assert "[127.0.0.1]" in received(gw, "local")
 
 
 def test_access_control_sees_the_real_client(gateway_factory):
     gw, port = proxy_gateway(gateway_factory, stages=[{"use": "access", "deny_clients": ["203.0.113.0/24"]}])
-    c = session(port, v1())
-    try:
+    with session(port, v1()) as c:
         r = c.read_reply()
         assert (r.code, r.enhanced) == (554, "5.7.1"), r
-    finally:
-        c.close()
-    ok = session(port, v1(src="198.51.100.4"))
-    try:
-        assert send_message(ok, "allowed").code == 250
-    finally:
-        ok.close()
+    assert proxied_message(port, v1(src="198.51.100.4"), "allowed").code == 250
 
 
 def test_header_from_a_disallowed_address_is_closed(gateway_factory):
     gw, port = proxy_gateway(gateway_factory, proxy_from=("10.0.0.0/8",))
-    c = session(port, v1())
-    try:
+    with session(port, v1()) as c:
         assert c.read_reply_or_none(5) is None
         assert c.is_closed(5)
-    finally:
-        c.close()
     assert gw.running()
 
 
@@ -121,15 +104,8 @@ def test_malformed_or_missing_header_is_closed(gateway_factory):
     gw, port = proxy_gateway(gateway_factory)
     for bad in (b"EHLO not-a-proxy\r\n", b"PROXY TCP4 203.0.113.7\r\n", b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",
                 SIG + bytes([0x31, 0x11, 0, 0])):
-        c = session(port, bad)
-        try:
+        with session(port, bad) as c:
             assert c.read_reply_or_none(5) is None, bad
             assert c.is_closed(5), bad
-        finally:
-            c.close()
     assert gw.running()
-    ok = session(port, v1())
-    try:
-        assert send_message(ok, "after").code == 250
-    finally:
-        ok.close()
+    assert proxied_message(port, v1(), "after").code == 250

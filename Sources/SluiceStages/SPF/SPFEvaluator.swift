@@ -79,13 +79,14 @@ public final class SPFEvaluator: Sendable {
             return outcome
         }
         let key = SPFResultCache.Key(identity: identity, ip: ip.bytes, domain: domain, sender: sender, helo: helo)
-        let check = SPFCheck(resolver: resolver, receiver: receiver, limits: limits, ip: ip, sender: sender, helo: helo, domain: domain)
-        check.defaultExplanation = defaultExplanation
         do {
             let found: SPFCheck.Found
             if let cached = cache.found(for: key) {
                 found = cached
             } else {
+                // Built only on a miss: a cache hit costs no libspf2 request.
+                let check = SPFCheck(resolver: resolver, receiver: receiver, limits: limits, ip: ip, sender: sender, helo: helo, domain: domain)
+                check.defaultExplanation = defaultExplanation
                 found = try await threadPool.runIfActive { check.run() }
                 cache.store(found, ttl: check.dataTTL, for: key)
             }
