@@ -248,13 +248,18 @@ def _mx_gateway(gateway_factory, dns_server, port, ca_file):
     return gateway_factory(routes=routes, extra=extra)
 
 
-def test_tls_verify_mx_route_checks_the_mx_host_name(gateway_factory, nexthop_factory, dns_server, private_ca):
-    # The certificate names the MX host (no IP subjectAltName): only the name from DNS can match.
+def _single_mx_host(nexthop_factory, dns_server, private_ca, cert_name, san):
+    """example.net's one mail host mx1.example.net on 127.0.0.2, with a certificate for `san`."""
     port = _mx_port()
-    nh = nexthop_factory(host="127.0.0.2", port=port,
-                         tls_context=private_ca.server_context("mx1", "DNS:mx1.example.net"))
+    nh = nexthop_factory(host="127.0.0.2", port=port, tls_context=private_ca.server_context(cert_name, san))
     dns_server.set_zone({"example.net": [("MX", (10, "mx1.example.net"))],
                          "mx1.example.net": [("A", "127.0.0.2")]})
+    return nh, port
+
+
+def test_tls_verify_mx_route_checks_the_mx_host_name(gateway_factory, nexthop_factory, dns_server, private_ca):
+    # The certificate names the MX host (no IP subjectAltName): only the name from DNS can match.
+    nh, port = _single_mx_host(nexthop_factory, dns_server, private_ca, "mx1", "DNS:mx1.example.net")
     gw = _mx_gateway(gateway_factory, dns_server, port, private_ca.cert)
     submit(gw, ["v8@example.net"])
     nh.wait_for_delivery("v8@example.net", timeout=10)
@@ -264,11 +269,7 @@ def test_tls_verify_mx_route_checks_the_mx_host_name(gateway_factory, nexthop_fa
 
 def test_tls_verify_mx_route_defers_when_the_mx_name_is_not_in_the_certificate(
         gateway_factory, nexthop_factory, dns_server, private_ca):
-    port = _mx_port()
-    nh = nexthop_factory(host="127.0.0.2", port=port,
-                         tls_context=private_ca.server_context("mx-other", "DNS:other.example.net,IP:127.0.0.3"))
-    dns_server.set_zone({"example.net": [("MX", (10, "mx1.example.net"))],
-                         "mx1.example.net": [("A", "127.0.0.2")]})
+    nh, port = _single_mx_host(nexthop_factory, dns_server, private_ca, "mx-other", "DNS:other.example.net,IP:127.0.0.3")
     gw = _mx_gateway(gateway_factory, dns_server, port, private_ca.cert)
     r, _, _ = submit(gw, ["v9@example.net"])
     _assert_waits(gw, nh, r.queue_id(), "name mismatch")
