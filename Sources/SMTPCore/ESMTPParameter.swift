@@ -36,6 +36,12 @@ public struct MailParameters: Hashable, Sendable {
     public var other: [ESMTPParameter] = []
 
     public init() {}
+
+    /// Reads a MAIL parameter list as the session does (e.g. the arguments of a milter's
+    /// change-sender); throws the reply a client would get for a bad one.
+    public init(_ list: [ESMTPParameter]) throws(SMTPCommandError) {
+        self = try ParameterParser.mailParameters(list)
+    }
 }
 
 /// Parses `SP esmtp-param *(SP esmtp-param)` (RFC 5321 4.1.2), keywords unique.

@@ -524,12 +524,14 @@ final class SMTPSessionHandler: ChannelInboundHandler {
         }
         var quarantine: String?
         if case .quarantine(let reason) = verdict { quarantine = reason }
+        // A stage that changed the sender with arguments replaced MAIL's: RET and ENVID come from those.
+        let dsn = eom.draft.senderParameters.isEmpty ? tx.parameters : (try? MailParameters(eom.draft.senderParameters)) ?? tx.parameters
         let envelope = SpoolEnvelope(
             id: tx.queueID, sender: eom.draft.sender, senderParameters: eom.draft.senderParameters, recipients: recipients,
             client: .init(address: clientAddress, port: machine.session.clientPort, helo: machine.session.heloName),
             protocolName: machine.protocolName, receivedAt: Self.wallClock(),
             size: dataSize, body: tx.parameters.body, smtputf8: tx.parameters.smtputf8, quarantine: quarantine,
-            trace: sessionTrace + trace, dsnReturn: tx.parameters.ret, envelopeID: tx.parameters.envelopeID
+            trace: sessionTrace + trace, dsnReturn: dsn.ret, envelopeID: dsn.envelopeID
         )
         var commit = SpoolDraft.Commit(
             envelope: envelope, headers: eom.draft.headersChanged ? eom.draft.headers : nil,

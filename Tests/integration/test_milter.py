@@ -388,6 +388,8 @@ def test_esmtp_arguments_of_changed_sender_and_added_recipient(gateway_factory, 
     assert env["sender"] == ["bounces", "client.test"], env["sender"]     # a mailbox is stored as [local, domain]
     params = {p["keyword"]: p.get("value") for p in env["senderParameters"]}
     assert params == {"RET": "HDRS", "ENVID": "abc123"}, env["senderParameters"]
+    # and its DSN requests are the ones notices and the next hop get
+    assert (env.get("dsnReturn"), env.get("envelopeID")) == ("HDRS", "abc123"), env
     rcpts = {"@".join(rc["address"]):
              {p["keyword"]: p.get("value") for p in rc["parameters"]} for rc in env["recipients"]}
     assert rcpts == {RCPT: {}, "with-args@example.test": {"NOTIFY": "NEVER"}, "plain@example.test": {}}, rcpts
