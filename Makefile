@@ -10,7 +10,7 @@ all: build
 
 build:
 	scripts/install-deps.sh build
-	$(SWIFT) build
+	SWIFT=$(SWIFT) scripts/build-checked.sh
 
 release:
 	scripts/install-deps.sh build
@@ -26,7 +26,7 @@ check-config: build
 
 test:
 	scripts/install-deps.sh test
-	$(SWIFT) build --build-tests
+	SWIFT=$(SWIFT) scripts/build-checked.sh --build-tests
 	$(SWIFT) test --skip-build
 	scripts/fetch-spf-suite.sh
 	SLUICE_BIN=$(CURDIR)/$(BIN) $(PYTHON) -m pytest -q -p no:cacheprovider Tests/integration

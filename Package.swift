@@ -28,7 +28,7 @@ let package = Package(
     ],
     targets: [
         .target(name: "SMTPCore"),
-        .systemLibrary(name: "CUnbound", pkgConfig: "libunbound", providers: [.apt(["libunbound-dev"])]),
+        .systemLibrary(name: "CUnbound", providers: [.apt(["libunbound-dev"])]),
         .systemLibrary(name: "CSPF2", providers: [.apt(["libspf2-dev"])]),
         .systemLibrary(name: "CCrypt", providers: [.apt(["libcrypt-dev"])]),
         .systemLibrary(name: "COpenDKIM", providers: [.apt(["libopendkim-dev"])]),

@@ -1,5 +1,8 @@
 import GRDB
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The greylist's memory in one SQLite file (WAL mode, through GRDB): every triplet seen, and per
 /// client network how many messages passed. Each row carries the time it expires; a lookup
@@ -60,36 +63,58 @@ final class GreylistStore: Sendable {
         do {
             // DatabasePool opens the file in WAL mode with synchronous = NORMAL: readers do not
             // wait for the writer, and a crash loses nothing committed.
-            database = try DatabasePool(path: path, configuration: configuration)
-            try Self.migrator.migrate(database)
+            database = try Self.open(path, configuration)
+            try Self.createSchema(database)
         } catch {
             throw Failure(path: path, message: "cannot open the SQLite database: \(error)")
         }
     }
 
-    /// The schema, one migration per change; GRDB records which ones a file has had.
-    private static var migrator: DatabaseMigrator {
-        var migrator = DatabaseMigrator()
-        migrator.registerMigration("v1: triplets and client networks") { db in
-            // The primary keys are the lookup indexes; the expiry indexes serve the purge.
-            try db.create(table: "triplet", options: [.withoutRowID]) { t in
-                t.column("client_network", .text).notNull()
-                t.column("sender", .text).notNull()
-                t.column("recipient", .text).notNull()
-                t.column("first_seen", .double).notNull()
-                t.column("passed_at", .double)
-                t.column("expires_at", .double).notNull()
-                t.primaryKey(["client_network", "sender", "recipient"])
+    /// Opens the pool. Switching a new file to WAL mode takes SQLite's lock without waiting for it
+    /// (the busy timeout does not apply there), so a process that loses that race to another
+    /// opener tries again, for as long as the busy timeout would have waited.
+    private static func open(_ path: String, _ configuration: Configuration) throws -> DatabasePool {
+        let deadline = ContinuousClock.now + .seconds(5)
+        while true {
+            do {
+                return try DatabasePool(path: path, configuration: configuration)
+            } catch let error as DatabaseError where error.resultCode == .SQLITE_BUSY && ContinuousClock.now < deadline {
+                usleep(10_000)
             }
-            try db.create(index: "triplet_expires_at", on: "triplet", columns: ["expires_at"])
-            try db.create(table: "client", options: [.withoutRowID]) { t in
-                t.column("client_network", .text).notNull().primaryKey()
-                t.column("passes", .integer).notNull()
-                t.column("expires_at", .double).notNull()
-            }
-            try db.create(index: "client_expires_at", on: "client", columns: ["expires_at"])
         }
-        return migrator
+    }
+
+    /// Brings the file's tables up to date, in one `BEGIN IMMEDIATE` transaction of statements
+    /// that are no-ops when already applied: two processes opening one new file at the same moment
+    /// (two gateways, or `sluice run` and `sluice milter`) take turns on SQLite's write lock, and
+    /// the second finds the tables made. `PRAGMA user_version` counts the schema changes made.
+    static func createSchema(_ database: DatabasePool) throws {
+        try database.writeWithoutTransaction { db in
+            try db.inTransaction(.immediate) {
+                let version = try Int.fetchOne(db, sql: "PRAGMA user_version") ?? 0
+                if version < 1 {
+                    // The primary keys are the lookup indexes; the expiry indexes serve the purge.
+                    try db.create(table: "triplet", options: [.ifNotExists, .withoutRowID]) { t in
+                        t.column("client_network", .text).notNull()
+                        t.column("sender", .text).notNull()
+                        t.column("recipient", .text).notNull()
+                        t.column("first_seen", .double).notNull()
+                        t.column("passed_at", .double)
+                        t.column("expires_at", .double).notNull()
+                        t.primaryKey(["client_network", "sender", "recipient"])
+                    }
+                    try db.create(index: "triplet_expires_at", on: "triplet", columns: ["expires_at"], options: .ifNotExists)
+                    try db.create(table: "client", options: [.ifNotExists, .withoutRowID]) { t in
+                        t.column("client_network", .text).notNull().primaryKey()
+                        t.column("passes", .integer).notNull()
+                        t.column("expires_at", .double).notNull()
+                    }
+                    try db.create(index: "client_expires_at", on: "client", columns: ["expires_at"], options: .ifNotExists)
+                    try db.execute(sql: "PRAGMA user_version = 1")
+                }
+                return .commit
+            }
+        }
     }
 
     /// Decides for `triplet` at time `now` (seconds since 1970) and records it. `countsForClient`:

@@ -191,7 +191,7 @@ enum MilterCallbacks {
             return address.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { sin6 in
                 var a = sin6.pointee.sin6_addr
                 let bytes = withUnsafeBytes(of: &a) { Array($0) }
-                guard let ip = IPAddress(bytes: bytes).flatMap({ IPAddress($0.description) }) else { return nil }
+                guard let ip = IPAddress(bytes: bytes)?.unmapped else { return nil }
                 return (ip.description, Int(UInt16(bigEndian: sin6.pointee.sin6_port)))
             }
         default:

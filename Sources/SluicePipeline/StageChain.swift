@@ -9,6 +9,8 @@ import SluiceStageAPI
 public struct StageChain: Sendable {
     public let entries: [StageEntry]
     private let hooked: [StagePhase: [StageEntry]]
+    /// Names of the stages whose data phase is replayed at end of message (see `replaysData`).
+    private let replayed: Set<String>
 
     /// The outcome of one phase.
     public struct PhaseResult: Sendable {
@@ -50,12 +52,41 @@ public struct StageChain: Sendable {
             if caps.contains(.sealsMessage) { sealer = entry }
         }
         self.entries = entries
+        let replayed = Self.replayedStages(entries)
         var hooked: [StagePhase: [StageEntry]] = [:]
         for phase in StagePhase.allCases {
             hooked[phase] = entries.filter { $0.stage.phases.contains(phase) }
         }
+        // A replayed stage gets no streamed data; it runs at end of message in its place.
+        hooked[.data] = hooked[.data]?.filter { !replayed.contains($0.name) }
+        hooked[.endOfMessage] = entries.filter { $0.stage.phases.contains(.endOfMessage) || replayed.contains($0.name) }
         self.hooked = hooked
+        self.replayed = replayed
     }
+
+    /// The stages that read the message as it streams (they hook `data`) but come after a stage
+    /// that may change the header section or the body at end of message. What streamed in is not
+    /// what they must judge or sign, so their data phase waits: at end of message, in chain
+    /// order, each is given the header section and body as the stages before it left them, then
+    /// its own end of message. This is what Postfix's cleanup does with milters: each one is sent
+    /// the queued message with the earlier milters' changes applied. A chain with no such editor
+    /// before a streaming stage keeps the streaming path (declared capabilities decide).
+    static func replayedStages(_ entries: [StageEntry]) -> Set<String> {
+        var editorBefore = false
+        var replayed = Set<String>()
+        for entry in entries {
+            let stage = entry.stage
+            if editorBefore && stage.phases.contains(.data) { replayed.insert(entry.name) }
+            if stage.phases.contains(.endOfMessage) && !stage.capabilities.isDisjoint(with: .modifiesMessage) {
+                editorBefore = true
+            }
+        }
+        return replayed
+    }
+
+    /// True when the stage named `name` gets its data phase at end of message, from the edited
+    /// message, instead of as the message streams in.
+    public func replaysData(_ name: String) -> Bool { replayed.contains(name) }
 
     /// True when some stage hooks `phase`; the session skips the phase otherwise.
     public func hooks(_ phase: StagePhase) -> Bool { !(hooked[phase] ?? []).isEmpty }
@@ -126,11 +157,16 @@ public struct StageChain: Sendable {
     }
 
     /// Runs end of message. Each stage sees the message with the edits of the stages before it;
-    /// an edit the stage did not declare the capability for counts as a stage failure.
-    /// - Parameter body: makes the body reader for the current draft (original or replaced body).
+    /// an edit the stage did not declare the capability for counts as a stage failure. A stage
+    /// whose data phase is replayed (`replaysData`) is first given the edited header section and
+    /// body, streamed from `body`, never held whole in memory.
+    /// - Parameters:
+    ///   - body: makes the body reader for the current draft (original or replaced body).
+    ///   - hiding: a field of the draft that replayed stages are not shown: the gateway's own
+    ///     `Received:`, which Postfix does not show its milters either.
     public func endOfMessage(
         draft initial: MessageDraft, receivedSize: Int, body: @escaping @Sendable (MessageDraft) -> MessageBody,
-        session: SessionInfo, transaction: TransactionInfo
+        hiding ownField: HeaderField? = nil, session: SessionInfo, transaction: TransactionInfo
     ) async -> EndOfMessageResult {
         var draft = initial
         var trace: [TraceEntry] = []
@@ -139,6 +175,17 @@ public struct StageChain: Sendable {
             edited.sender = draft.sender
             edited.recipients = draft.recipients
             let tx = edited
+            if replayed.contains(entry.name) {
+                var headers = draft.headers
+                if let ownField, let i = headers.firstIndex(of: ownField) { headers.remove(at: i) }
+                let data = await replayData(entry, headers: headers, body: body(draft), session: session, transaction: tx)
+                trace.appendFoldingData(data.trace)
+                switch data.verdict {
+                case .continue, .accept: break
+                default: return EndOfMessageResult(verdict: data.verdict, draft: draft, trace: trace)
+                }
+                guard entry.stage.phases.contains(.endOfMessage) else { continue }
+            }
             let view = MessageView(headers: draft.headers, body: body(draft), receivedSize: receivedSize)
             var (decision, micros, failure) = await Self.invoke(entry) {
                 try await entry.stage.endOfMessage(view, session: session, transaction: tx)
@@ -162,6 +209,35 @@ public struct StageChain: Sendable {
             }
         }
         return EndOfMessageResult(verdict: .continue, draft: draft, trace: trace)
+    }
+
+    /// One stage's data phase from the edited message: the header section, then the body chunk
+    /// by chunk, each call under the stage's timeout. `accept` ends the stage's data phase early.
+    private func replayData(
+        _ entry: StageEntry, headers: [HeaderField], body: MessageBody, session: SessionInfo, transaction: TransactionInfo
+    ) async -> PhaseResult {
+        let phase = StagePhase.data.rawValue
+        var trace: [TraceEntry] = []
+        func step(_ call: @escaping @Sendable () async throws -> StageVerdict) async -> StageVerdict {
+            let (verdict, micros, failure) = await Self.invoke(entry, call)
+            trace.append(TraceEntry(stage: entry.name, phase: phase, outcome: failure ?? verdict.description, micros: micros))
+            return verdict
+        }
+        let stage = entry.stage
+        var verdict = await step { try await stage.headers(headers, session: session, transaction: transaction) }
+        guard case .continue = verdict else { return PhaseResult(verdict: verdict, trace: trace) }
+        do {
+            for try await chunk in body where !chunk.isEmpty {
+                verdict = await step { try await stage.bodyChunk(chunk, session: session, transaction: transaction) }
+                guard case .continue = verdict else { break }
+            }
+        } catch {
+            let why = "cannot read the message body: \(error)"
+            let failed = entry.onError.verdict(stage: entry.name, why: why)
+            trace.append(TraceEntry(stage: entry.name, phase: phase, outcome: "\(why) -> \(failed)", micros: 0))
+            return PhaseResult(verdict: failed, trace: trace)
+        }
+        return PhaseResult(verdict: verdict, trace: trace)
     }
 
     /// After the 250; errors and timeouts are only traced.

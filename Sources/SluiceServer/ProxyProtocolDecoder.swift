@@ -1,10 +1,16 @@
+import Logging
 import NIOCore
 import SluiceStageAPI
 
 /// The PROXY protocol header (haproxy's proxy-protocol.txt, versions 1 and 2) in front of a
 /// session, from a trusted proxy only. The real client address it carries is handed to the
 /// session (`ProxiedAddress`) before the session starts; a header from an address outside
-/// `proxy_from`, a malformed one, or none within the timeout closes the connection.
+/// `proxy_from`, a malformed one, or none within the timeout closes the connection, and each
+/// refusal is logged at notice with the peer and the reason.
+///
+/// An IPv4-mapped IPv6 address (`::ffff:192.0.2.5`, which haproxy sends from a dual-stack
+/// `bind :::25 v4v6`) stands for its IPv4 address in both versions, as RFC 7208 5 asks of SPF:
+/// the session's client is then `192.0.2.5` for every rule.
 final class ProxyProtocolDecoder: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -34,27 +40,34 @@ final class ProxyProtocolDecoder: ChannelInboundHandler, RemovableChannelHandler
 
     private let allowed: [CIDR]
     private let timeout: TimeAmount
+    private let logger: Logger
     private var buffer = ByteBuffer()
     private var timer: Scheduled<Void>?
     private var done = false
+    /// The header passed and the session was started (it then hears of the channel's end).
+    private var passed = false
+    private var peer = "?"
 
-    init(allowed: [CIDR], timeout: TimeAmount = .seconds(10)) {
+    init(allowed: [CIDR], timeout: TimeAmount = .seconds(10), logger: Logger = Logger(label: "sluice.proxy")) {
         self.allowed = allowed
         self.timeout = timeout
+        self.logger = logger
     }
 
     static let v2Signature: [UInt8] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A]
 
     func channelActive(context: ChannelHandlerContext) {
         // Held back: the session starts once the header has told who the client is.
-        let peer = context.channel.remoteAddress?.ipAddress ?? ""
+        peer = context.channel.remoteAddress?.ipAddress ?? "?"
         guard allowed.contains(where: { $0.contains(peer) }) else {
-            done = true
-            context.close(promise: nil)
-            return
+            return fail(context, "connection not from proxy_from")
         }
-        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(in: timeout) { bound.value.close(promise: nil) }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let limit = timeout
+        timer = context.eventLoop.scheduleTask(in: timeout) {
+            let (decoder, context) = bound.value
+            decoder.fail(context, "no PROXY header within \(limit.nanoseconds / 1_000_000) ms")
+        }
         context.read()
     }
 
@@ -64,11 +77,12 @@ final class ProxyProtocolDecoder: ChannelInboundHandler, RemovableChannelHandler
         buffer.writeBuffer(&bytes)
         switch Self.parse(Array(buffer.readableBytesView)) {
         case .needMore:
-            if buffer.readableBytes > 536 { fail(context) } else { context.read() }
-        case .invalid:
-            fail(context)
+            if buffer.readableBytes > 536 { fail(context, "header longer than 536 octets") } else { context.read() }
+        case .invalid(let why):
+            fail(context, why)
         case .header(let length, let source, let destination):
             done = true
+            passed = true
             timer?.cancel()
             buffer.moveReaderIndex(forwardBy: length)
             let rest = buffer
@@ -85,12 +99,19 @@ final class ProxyProtocolDecoder: ChannelInboundHandler, RemovableChannelHandler
 
     func channelInactive(context: ChannelHandlerContext) {
         timer?.cancel()
-        if done { context.fireChannelInactive() }
+        if !done {
+            done = true
+            logger.notice("PROXY header refused", metadata: ["peer": "\(peer)", "reason": "connection closed before a complete header"])
+        }
+        if passed { context.fireChannelInactive() }
     }
 
-    private func fail(_ context: ChannelHandlerContext) {
+    /// Refuses the header: one notice line with the peer and the reason, then the connection closes.
+    private func fail(_ context: ChannelHandlerContext, _ reason: String) {
+        guard !done else { return }
         done = true
         timer?.cancel()
+        logger.notice("PROXY header refused", metadata: ["peer": "\(peer)", "reason": "\(reason)"])
         context.close(promise: nil)
     }
 
@@ -116,12 +137,21 @@ final class ProxyProtocolDecoder: ChannelInboundHandler, RemovableChannelHandler
         let fields = line.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
         guard fields.count >= 2 else { return .invalid("v1 header too short") }
         if fields[1] == "UNKNOWN" { return .header(length: cr + 2, source: nil, destination: nil) }
-        guard fields.count == 6, fields[1] == "TCP4" || fields[1] == "TCP6",
-              let src = IPAddress(fields[2]), let dst = IPAddress(fields[3]),
-              src.isIPv4 == (fields[1] == "TCP4"), dst.isIPv4 == (fields[1] == "TCP4"),
-              let sport = port(fields[4]), let dport = port(fields[5])
-        else { return .invalid("malformed v1 header") }
+        guard fields[1] == "TCP4" || fields[1] == "TCP6" else { return .invalid("v1 protocol '\(fields[1].prefix(16))' not supported") }
+        guard fields.count == 6 else { return .invalid("v1 header with \(fields.count) fields, not 6") }
+        let v6 = fields[1] == "TCP6"
+        guard let src = address(fields[2], v6: v6), let dst = address(fields[3], v6: v6) else {
+            return .invalid("v1 \(fields[1]) header with a malformed address")
+        }
+        guard let sport = port(fields[4]), let dport = port(fields[5]) else { return .invalid("v1 header with a malformed port") }
         return .header(length: cr + 2, source: ("\(src)", sport), destination: ("\(dst)", dport))
+    }
+
+    /// An address of a TCP4 (dotted quad) or TCP6 (IPv6 text, an IPv4-mapped one given as IPv4)
+    /// header, in any letter case.
+    private static func address(_ text: String, v6: Bool) -> IPAddress? {
+        guard text.contains(":") == v6, let address = IPAddress(text) else { return nil }
+        return address
     }
 
     private static func port(_ s: String) -> Int? {
@@ -153,7 +183,8 @@ final class ProxyProtocolDecoder: ChannelInboundHandler, RemovableChannelHandler
                 return .header(length: total, source: ("\(s)", Int(body[8]) << 8 | Int(body[9])),
                                destination: ("\(d)", Int(body[10]) << 8 | Int(body[11])))
             case 2:  // AF_INET6: 16 + 16 + 2 + 2
-                guard body.count >= 36, let s = IPAddress(bytes: Array(body[0..<16])), let d = IPAddress(bytes: Array(body[16..<32])) else {
+                guard body.count >= 36, let s = IPAddress(bytes: Array(body[0..<16]))?.unmapped,
+                      let d = IPAddress(bytes: Array(body[16..<32]))?.unmapped else {
                     return .invalid("v2 IPv6 addresses truncated")
                 }
                 return .header(length: total, source: ("\(s)", Int(body[32]) << 8 | Int(body[33])),

@@ -222,12 +222,16 @@ final class SMTPSessionHandler: ChannelInboundHandler {
         case .dataChunk(let chunk):
             receive(chunk)
         case .dataEnd:
-            perform(machine.dataFinished(outcome))
+            finishDataPhase { $0.perform($0.machine.dataFinished($0.outcome)) }
         case .bdatChunk(let chunk):
             if storeChunk { receive(chunk) }
         case .bdatEnd:
-            if storeChunk && isLastChunk { framer.finishBDATMessage() }
-            perform(machine.bdatChunkRead(chunkSize: bdatChunkSize, outcome: outcome))
+            guard storeChunk && isLastChunk else {
+                perform(machine.bdatChunkRead(chunkSize: bdatChunkSize, outcome: outcome))
+                break
+            }
+            framer.finishBDATMessage()
+            finishDataPhase { $0.perform($0.machine.bdatChunkRead(chunkSize: $0.bdatChunkSize, outcome: $0.outcome)) }
         }
         // A transaction that ended (RSET, refusal, new HELO) leaves no temp file behind.
         if draft != nil && machine.transaction == nil {
@@ -288,6 +292,30 @@ final class SMTPSessionHandler: ChannelInboundHandler {
         runAsync({ await chain.bodyChunk(bodyChunk, session: session, transaction: tx) }) { handler, result in
             handler.trace.appendFoldingData(result.trace)
             handler.dataVerdict = result.verdict
+        }
+    }
+
+    /// The last byte of the message has arrived. A header section that never met its empty line
+    /// (a message with no body, which RFC 5322 allows) reaches the data phase now, so
+    /// data-phase stages judge it like any other message.
+    private func finishDataPhase(_ then: @escaping (SMTPSessionHandler) -> Void) {
+        guard !dataHeadersSent, draft != nil, dataSize <= server.session.maxMessageBytes, server.chain.hooks(.data),
+              case .continue = dataVerdict, let session = machine?.session, let tx = machine.transactionInfo
+        else { return then(self) }
+        dataHeadersSent = true
+        let section = HeaderSection.parse(dataHeaderBuffer, atEnd: true)
+        let rest = Array(dataHeaderBuffer[min(section.bodyOffset, dataHeaderBuffer.count)...])
+        dataHeaderBuffer = []
+        let chain = server.chain
+        runAsync({ () async -> StageChain.PhaseResult in
+            let h = await chain.headers(section.fields, session: session, transaction: tx)
+            guard case .continue = h.verdict, !rest.isEmpty else { return h }
+            let b = await chain.bodyChunk(rest, session: session, transaction: tx)
+            return StageChain.PhaseResult(verdict: b.verdict, trace: h.trace + b.trace)
+        }) { handler, result in
+            handler.trace.appendFoldingData(result.trace)
+            handler.dataVerdict = result.verdict
+            then(handler)
         }
     }
 
@@ -463,8 +491,11 @@ final class SMTPSessionHandler: ChannelInboundHandler {
                 d.replacementBodyPath.map { SpoolReader.body(path: $0, from: 0, length: nil, threadPool: spool.threadPool) } ?? draftBody
             }
             let (runner, initial) = (stageRunner, initial)
+            // The draft starts with our Received: field (startMessage).
+            let ownReceived = section.fields.first
             stagesDone = runner.run(on: eventLoop) {
-                await chain.endOfMessage(draft: initial, receivedSize: receivedSize, body: body, session: session, transaction: txInfo)
+                await chain.endOfMessage(
+                    draft: initial, receivedSize: receivedSize, body: body, hiding: ownReceived, session: session, transaction: txInfo)
             }.flatMap { eom in settled().map { eom } }
         } else {
             stagesDone = eventLoop.makeSucceededFuture(StageChain.EndOfMessageResult(verdict: .continue, draft: initial, trace: []))
@@ -522,8 +553,9 @@ final class SMTPSessionHandler: ChannelInboundHandler {
             finish(.discarded)
             return
         }
-        var quarantine: String?
-        if case .quarantine(let reason) = verdict { quarantine = reason }
+        // A constant: the commit's completion (a Sendable closure, run later on the event loop)
+        // captures its value, not a variable shared with this frame.
+        let quarantine: String? = if case .quarantine(let reason) = verdict { reason } else { nil }
         // A stage that changed the sender with arguments replaced MAIL's: RET and ENVID come from those.
         let dsn = eom.draft.senderParameters.isEmpty ? tx.parameters : (try? MailParameters(eom.draft.senderParameters)) ?? tx.parameters
         let envelope = SpoolEnvelope(

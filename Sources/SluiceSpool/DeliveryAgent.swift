@@ -234,7 +234,6 @@ public final class DeliveryAgent: Sendable {
     /// Tries the domain's mail hosts in order; the next one only when a host cannot be reached
     /// or greets with an error (RFC 5321 5.1), as Postfix does.
     private func deliverToMX(_ message: Spool.StoredMessage, indices: [Int], domain: String) async -> [(Int, RecipientOutcome)] {
-        let envelope = message.envelope
         switch await mx.targets(for: domain) {
         case .failed(let reply):
             return indices.map { ($0, .failed(reply)) }

@@ -16,18 +16,22 @@ public struct IPAddress: Hashable, Sendable, CustomStringConvertible {
         var v6 = in6_addr()
         let bare = text.hasPrefix("[") && text.hasSuffix("]") ? String(text.dropFirst().dropLast()) : text
         guard inet_pton(AF_INET6, bare, &v6) == 1 else { return nil }
-        let b = withUnsafeBytes(of: &v6) { Array($0) }
-        if b[0..<10].allSatisfy({ $0 == 0 }) && b[10] == 0xFF && b[11] == 0xFF {
-            bytes = Array(b[12..<16])
-        } else {
-            bytes = b
-        }
+        bytes = Self.unmapped(withUnsafeBytes(of: &v6) { Array($0) })
     }
 
-    /// An address from its 4 (IPv4) or 16 (IPv6) network-order bytes.
+    /// An address from its 4 (IPv4) or 16 (IPv6) network-order bytes, kept as given (an SPF
+    /// `ip6:` mechanism or an AAAA record stays IPv6); `unmapped` turns a mapped one into IPv4.
     public init?(bytes: [UInt8]) {
         guard bytes.count == 4 || bytes.count == 16 else { return nil }
         self.bytes = bytes
+    }
+
+    /// This address, or the IPv4 address an IPv4-mapped IPv6 one (`::ffff:a.b.c.d`) stands for.
+    public var unmapped: IPAddress { IPAddress(bytes: Self.unmapped(bytes))! }
+
+    private static func unmapped(_ b: [UInt8]) -> [UInt8] {
+        guard b.count == 16, b[0..<10].allSatisfy({ $0 == 0 }), b[10] == 0xFF, b[11] == 0xFF else { return b }
+        return Array(b[12..<16])
     }
 
     public var isIPv4: Bool { bytes.count == 4 }

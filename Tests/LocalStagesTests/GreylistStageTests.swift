@@ -270,4 +270,34 @@ struct GreylistStageTests {
     @Test func theStageIsRegistered() {
         #expect(LocalStages.all.contains { $0.name == "greylist" })
     }
+
+    /// Two gateways (or `sluice run` and `sluice milter`) starting at the same moment on one new
+    /// database file: both open it, neither fails on a table the other just made.
+    @Test func concurrentOpensOfANewFileAllSucceed() throws {
+        let policy = GreylistStore.Policy(delay: 300, retryWindow: 86400, expiry: 86400 * 36, autoAllowlistAfter: 5, purgeInterval: 3600)
+        for round in 0..<8 {
+            let path = scratch.path + "/race-\(round).sqlite"
+            let openers = 4
+            let failures = Mutex<[String]>([])
+            let ready = DispatchGroup()
+            let start = DispatchSemaphore(value: 0)
+            let done = DispatchGroup()
+            for _ in 0..<openers {
+                ready.enter()
+                done.enter()
+                Thread.detachNewThread {
+                    ready.leave()
+                    start.wait()
+                    do { _ = try GreylistStore(path: path, policy: policy) } catch {
+                        failures.withLock { $0.append("\(error)") }
+                    }
+                    done.leave()
+                }
+            }
+            ready.wait()
+            for _ in 0..<openers { start.signal() }
+            done.wait()
+            #expect(failures.withLock { $0 } == [], "round \(round)")
+        }
+    }
 }

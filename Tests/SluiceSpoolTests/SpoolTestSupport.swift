@@ -40,7 +40,7 @@ final class TestSpool {
     }
 
     func write(_ path: String, _ bytes: [UInt8]) {
-        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(bytes)), "cannot write \(path)")
     }
 }
 

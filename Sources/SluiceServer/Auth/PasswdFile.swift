@@ -109,7 +109,7 @@ public final class PasswdFile: Authenticator {
     public static func hash(_ password: String, scheme: String = "$y$") -> String? {
         var setting = [CChar](repeating: 0, count: Int(CRYPT_GENSALT_OUTPUT_SIZE))
         guard crypt_gensalt_rn(scheme, 0, nil, 0, &setting, Int32(setting.count)) != nil else { return nil }
-        return crypt(password, setting: String(cString: setting))
+        return crypt(password, setting: setting.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
     }
 
     static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {

@@ -51,13 +51,19 @@ public struct DKIMVerifyStage: Stage {
         public var signaturePrefix: String
     }
 
-    /// The results of every signature of the message (none when unsigned).
+    /// The results of every signature of the message, one per DKIM-Signature field in order (none
+    /// when unsigned). A field that cannot be used (no or another `v=`, an unknown `a=`, a missing
+    /// required tag, a syntax error, `i=` outside `d=`, a message without From) is `permerror`
+    /// (RFC 6376 6.1.1 PERMFAIL), with the `d=`, `s=` and `a=` it names.
     public static let resultsKey = StateKey<[SignatureResult]>("dkim.results")
     static let verificationKey = StateKey<Verification>("dkim.verification")
 
     public func headers(_ headers: [HeaderField], session: SessionInfo, transaction: TransactionInfo) async throws -> StageVerdict {
         let verification = try Verification(library: library, id: transaction.queueID)
         transaction.state[Self.verificationKey] = verification
+        let hasFrom = headers.contains { $0.name.caseInsensitiveEquals("From") }
+        verification.fields = headers.filter { $0.name.caseInsensitiveEquals("DKIM-Signature") }
+            .map { DKIMSignatureField(value: $0.value, messageHasFrom: hasFrom) }
         for field in headers { verification.header(Array("\(field.name):\(field.value)".utf8)) }
         let names = verification.endOfHeaders()
         // Keys the resolver has cached are taken at once; the others are fetched while the
@@ -128,7 +134,12 @@ extension DKIMVerifyStage {
         private let dkim: OpaquePointer
         let keys = DKIMKeys()
         var fetching: Task<Void, Never>?
+        /// The message's DKIM-Signature fields as read by Sluice, in order.
+        var fields: [DKIMSignatureField] = []
+        /// libopendkim took the header section and found signatures it can verify.
         private var signed = true
+        /// Why libopendkim could not take the header section, when it could not.
+        private var headerError: String?
 
         init(library: DKIMLibrary, id: String) throws {
             var status: DKIM_STAT = DKIM_STAT_OK
@@ -153,7 +164,10 @@ extension DKIMVerifyStage {
         func endOfHeaders() -> [String] {
             let status = dkim_eoh(dkim)
             guard status == DKIM_STAT_OK else {
-                signed = status != DKIM_STAT_NOSIG
+                signed = false
+                if status != DKIM_STAT_NOSIG {
+                    headerError = "libopendkim: " + (dkim_geterror(dkim).map { String(cString: $0) } ?? "status \(status)")
+                }
                 return []
             }
             return signatures().compactMap { sig in
@@ -175,33 +189,54 @@ extension DKIMVerifyStage {
             return (0..<Int(count)).compactMap { list[$0] }
         }
 
-        /// Ends the message and reads each signature's verdict.
+        /// One signature as libopendkim parsed it.
+        private struct ParsedSignature {
+            var handle: OpaquePointer
+            var domain: String
+            var selector: String
+            /// The shortest start of `b=` that tells this signature from the others.
+            var substring: String
+        }
+
+        /// Ends the message and reads each signature's verdict: one result per DKIM-Signature
+        /// field, whether or not libopendkim could use it.
         func finish() -> [SignatureResult] {
-            guard signed else { return [] }
-            var testKey = false
-            let status = dkim_eom(dkim, &testKey)
-            if status == DKIM_STAT_NOSIG { return [] }
-            return signatures().map { sig in
-                let domain = dkim_sig_getdomain(sig).map { String(cString: $0) } ?? ""
-                let selector = dkim_sig_getselector(sig).map { String(cString: $0) } ?? ""
-                var alg: dkim_alg_t = DKIM_SIGN_UNKNOWN
-                _ = dkim_sig_getsignalg(sig, &alg)
-                let algorithm = switch alg {
-                case DKIM_SIGN_RSASHA256: "rsa-sha256"
-                case DKIM_SIGN_RSASHA1: "rsa-sha1"
-                case DKIM_SIGN_ED25519SHA256: "ed25519-sha256"
-                default: dkim_sig_getalgorithm(sig).map { String(cString: $0) } ?? "unknown"
+            var parsed: [ParsedSignature?] = []
+            if signed {
+                var testKey = false
+                if dkim_eom(dkim, &testKey) != DKIM_STAT_NOSIG {
+                    parsed = signatures().map { sig in
+                        var prefix = [CChar](repeating: 0, count: 128)
+                        var length = prefix.count
+                        _ = dkim_get_sigsubstring(dkim, sig, &prefix, &length)
+                        return ParsedSignature(
+                            handle: sig, domain: dkim_sig_getdomain(sig).map { String(cString: $0) } ?? "",
+                            selector: dkim_sig_getselector(sig).map { String(cString: $0) } ?? "",
+                            substring: prefix.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
+                    }
                 }
-                var prefix = [CChar](repeating: 0, count: 64)
-                var length = prefix.count
-                _ = dkim_get_sigsubstring(dkim, sig, &prefix, &length)
-                let b = String(String(cString: prefix).prefix(8))
-                var (result, reason) = Self.verdict(sig, algorithm: algorithm)
-                if result != "pass", case .error? = keys.answer("\(selector)._domainkey.\(domain)") {
+            }
+            return fields.map { field in
+                func result(_ result: String, _ reason: String?) -> SignatureResult {
+                    SignatureResult(domain: field.domain, selector: field.selector, algorithm: field.algorithm,
+                                    result: result, reason: reason, signaturePrefix: String(field.signature.prefix(8)))
+                }
+                if let problem = field.problem { return result("permerror", problem) }
+                // The signature libopendkim made of this field: same d= and s=, b= starting alike.
+                guard let i = parsed.firstIndex(where: { p in
+                    guard let p else { return false }
+                    return p.domain.caseInsensitiveEquals(field.domain) && p.selector == field.selector
+                        && !p.substring.isEmpty && field.signature.hasPrefix(p.substring)
+                }), let sig = parsed[i]?.handle else {
+                    return result("permerror", headerError ?? "signature not usable")
+                }
+                parsed[i] = nil
+                var (verdict, reason) = Self.verdict(sig, algorithm: field.algorithm.lowercased())
+                if verdict != "pass", case .error? = keys.answer("\(field.selector)._domainkey.\(field.domain)".lowercased()) {
                     // libopendkim does not mark a key lookup that had to be tried again.
-                    (result, reason) = ("temperror", "key lookup failed")
+                    (verdict, reason) = ("temperror", "key lookup failed")
                 }
-                return SignatureResult(domain: domain, selector: selector, algorithm: algorithm, result: result, reason: reason, signaturePrefix: b)
+                return result(verdict, reason)
             }
         }
 

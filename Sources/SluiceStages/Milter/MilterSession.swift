@@ -304,7 +304,7 @@ struct BodyFile {
         let fd = mkstemp(&template)
         guard fd >= 0 else { throw MilterConnection.Failure(description: "cannot create a temporary file in \(directory)") }
         self.fd = fd
-        path = String(cString: template)
+        path = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
     }
 
     mutating func append(_ bytes: [UInt8]) throws {
