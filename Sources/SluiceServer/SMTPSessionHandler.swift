@@ -251,16 +251,21 @@ final class SMTPSessionHandler: ChannelInboundHandler {
         dataSize += chunk.readableBytes
         guard dataSize <= server.session.maxMessageBytes, let draft else { return }
         draft.append(chunk)
-        if server.chain.hooks(.data), case .continue = dataVerdict {
-            feedDataStages(chunk)
+        let feeding: Bool
+        if server.chain.hooks(.data), case .continue = dataVerdict { feeding = true } else { feeding = false }
+        guard draft.shouldFlush else {
+            if feeding { feedDataStages(chunk) }
+            return
         }
-        if draft.shouldFlush && !busy {
-            wait(draft.flush()) { handler, result in
-                if case .failure(let error) = result {
-                    handler.logger.error("spool write failed", metadata: ["error": "\(error)"])
-                    handler.dataVerdict = .tempfail(451, "4.3.0", "Error: queue file write error")
-                    handler.draft = nil
-                }
+        // What is pending goes to disk before more is read, then (if they run) to data-phase
+        // stages: memory stays bounded whether or not stages read the data.
+        wait(draft.flush()) { handler, result in
+            if case .failure(let error) = result {
+                handler.logger.error("spool write failed", metadata: ["error": "\(error)"])
+                handler.dataVerdict = .tempfail(451, "4.3.0", "Error: queue file write error")
+                handler.draft = nil
+            } else if feeding, case .continue = handler.dataVerdict {
+                handler.feedDataStages(chunk)
             }
         }
     }

@@ -607,3 +607,78 @@ def test_sign_then_verify_round_trip(gateway_factory, dns_server, keys):
         header_values(content, "Authentication-Results")
     assert signing.all_delivered() == []
     assert dkimpy_verify_all(content, keys["rsa"], keys["ed"]) == [True, True]
+
+
+# -- a message with no body, and signatures libopendkim cannot use --------------------------------
+
+def headers_only(msgid: str, sender: str = "alice@example.org") -> bytes:
+    """A message that ends with its header section: no empty line, no body (RFC 5322 3.5)."""
+    return (f"From: Alice <{sender}>\r\nTo: <{RCPT}>\r\nSubject: no body at all\r\n"
+            f"Date: Sun, 29 Nov 2026 12:00:00 +0000\r\nMessage-ID: <{msgid}@example.org>\r\n").encode()
+
+
+@pytest.mark.parametrize("canon", ["relaxed/relaxed", "simple/simple"])
+def test_a_signed_message_without_a_body_passes(verifier, keys, canon):
+    key = keys["rsa"]
+    gw = verifier(zone_for(key))
+    signed = dkimpy_sign(headers_only(f"nobody-{canon.replace('/', '-')}"), key, canon)
+    assert b"\r\n\r\n" not in signed
+    assert dkimpy_verify_all(signed, key) == [True]
+    content = deliver(gw, signed)
+    assert_pass(content, key, signed)
+
+
+def test_a_signed_message_without_a_body_passes_over_bdat(verifier, keys):
+    key = keys["rsa"]
+    gw = verifier(zone_for(key))
+    signed = crlf(dkimpy_sign(headers_only("nobody-bdat"), key))
+    with gw.session("client.example.org") as c:
+        assert c.cmd("MAIL FROM:<alice@example.org>").code == 250
+        assert c.cmd(f"RCPT TO:<{RCPT}>").code == 250
+        half = len(signed) // 2
+        c.send(f"BDAT {half}\r\n".encode() + signed[:half])
+        assert c.read_reply().code == 250
+        c.send(f"BDAT {len(signed) - half} LAST\r\n".encode() + signed[half:])
+        r = c.read_reply()
+        assert r.code == 250, r
+    assert_pass(gw.wait_for_mail(RCPT, timeout=15)[0], key, signed)
+
+
+def spoil_signature(signed: bytes, old: bytes, new: bytes) -> bytes:
+    """The message with its (top) DKIM-Signature changed: `old` replaced by `new` once."""
+    head, sep, rest = signed.partition(b"\r\n\r\n")
+    sig_end = re.search(rb"\r\n(?![ \t])", head).start()
+    field = head[:sig_end]
+    assert old in field, (old, field)
+    return field.replace(old, new, 1) + head[sig_end:] + sep + rest
+
+
+@pytest.mark.parametrize("old, new, why", [
+    (b"a=rsa-sha256", b"a=rsa-md5", "unsupported algorithm a=rsa-md5"),
+    (b"a=rsa-sha256", b"a=dsa-sha1", "unsupported algorithm a=dsa-sha1"),
+    (b"v=1;", b"", "no v= tag"),
+    (b"v=1;", b"v=2;", "unsupported version v=2"),
+    (b"i=@example.org", b"i=@elsewhere.example", "i= domain is not within d="),
+])
+def test_an_unusable_signature_is_permerror_with_its_own_tags(verifier, keys, old, new, why):
+    key = keys["rsa"]
+    gw = verifier(zone_for(key))
+    signed = spoil_signature(dkimpy_sign(message(f"spoiled-{len(why)}-{why[:3]}"), key), old, new)
+    content = deliver(gw, signed)
+    r = one_dkim(content)
+    assert r["result"] == "permerror", r
+    assert (r["header.d"], r["header.s"]) == ("example.org", "rsa1"), r
+    assert r["header.a"] == signature_tags(signed)[0].get("a", r["header.a"]), r
+    if old.startswith(b"a="):
+        assert r["header.a"] == new.decode()[2:], r
+    assert why in r.get("reason", ""), r
+
+
+def test_a_signed_message_without_from_is_permerror(verifier, keys):
+    key = keys["rsa"]
+    gw = verifier(zone_for(key))
+    signed = dkimpy_sign(message("nofrom"), key)
+    signed = re.sub(rb"\r\nFrom: [^\r]*\r\n", b"\r\n", signed, count=1)
+    assert b"\r\nFrom:" not in signed.split(b"\r\n\r\n")[0]
+    r = one_dkim(deliver(gw, signed))
+    assert r["result"] == "permerror" and r["header.d"] == "example.org", r

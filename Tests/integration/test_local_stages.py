@@ -4,9 +4,10 @@ its SQLite file in the gateway's directory."""
 from __future__ import annotations
 
 import smtplib
+import subprocess
 import time
 
-from conftest import dns_section, make_message
+from conftest import SLUICE_BIN, dns_section, make_message, render_config
 
 
 def attempt(gw, rcpt="user@example.test"):
@@ -127,3 +128,52 @@ def test_greylist_defers_a_new_triplet_passes_the_retry_and_survives_a_restart(g
     code, text = rcpt("other@example.test")
     assert (code, text.decode()) == (451, "4.7.1 Greylisted: please retry in 2 seconds"), \
         "after the restart a new triplet is still greylisted"
+
+
+def start_check_configs(config, count: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen([SLUICE_BIN, "check-config", "--config", str(config)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL) for _ in range(count)]
+
+
+def finished(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
+    out = [(p.wait(timeout=60), p.stdout.read().decode("utf-8", "replace")) for p in procs]
+    for p in procs:
+        p.stdout.close()
+    return out
+
+
+def greylist_config(d, database: str = "shared.sqlite"):
+    config = d / "pipeline.conf"
+    config.write_text(render_config({"hostname": "mx.example.test"}, [{"address": "127.0.0.1:0"}], [],
+                                    [{"use": "greylist", "database": database}], ""), encoding="utf-8")
+    return config
+
+
+def test_greylist_processes_opening_one_new_database_at_once_all_start(tmp_path):
+    """Processes (here `sluice check-config`, which opens the database as `sluice run` and
+    `sluice milter` do) started at the same moment on one new greylist file all start: none
+    fails on the schema another is making, or on the lock another holds while it makes it."""
+    import sqlite3
+    for round_ in range(3):
+        d = tmp_path / f"round{round_}"
+        d.mkdir()
+        config = greylist_config(d)
+        outputs = finished(start_check_configs(config, 4))
+        assert all(rc == 0 for rc, _ in outputs), outputs
+        assert (d / "shared.sqlite").is_file()
+    # Another opener holds the new file's write lock while the others start: they wait for it
+    # (the busy timeout, 5 s) instead of failing at once.
+    d = tmp_path / "locked"
+    d.mkdir()
+    config = greylist_config(d)
+    holder = sqlite3.connect(str(d / "shared.sqlite"), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    procs = start_check_configs(config, 3)
+    try:
+        time.sleep(1.0)   # the scenario: the lock is held for a second while they open
+        assert all(p.poll() is None for p in procs), finished(procs)
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    outputs = finished(procs)
+    assert all(rc == 0 for rc, _ in outputs), outputs

@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from conftest import HOSTNAME, free_port, header_values, run_cli, split_message, stop_group, wait_until
+from milter_peers import opendkim_factory, opendkim_signer, wait_listening  # noqa: F401 (a fixture)
 from scripted_milter import MilterProcess
 
 RCPT = "mt@example.test"
@@ -133,20 +134,6 @@ def assert_healthy(gw, rcpt: str = RCPT) -> bytes:
 
 
 
-
-
-def wait_listening(port: int, proc: subprocess.Popen, timeout: float, log=lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"process exited with {proc.returncode} during startup:\n{log()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                pytest.fail(f"nothing listening on 127.0.0.1:{port} within {timeout}s:\n{log()}")
-            time.sleep(0.1)
 
 
 # ======================================================================================
@@ -739,10 +726,17 @@ def test_two_milters_chain_in_config_order(gateway_factory, milter_factory):
     assert header_values(content, "Subject") == ["by first"]
     names = [h.split(":", 1)[0] for h in header_lines(content)]
     assert names.index("X-First") < names.index("X-Second"), names
-    # both milters saw the message as it was streamed: the second one not the first one's edits
+    # the second milter was given the message as the first one left it (as Postfix's cleanup
+    # hands each milter the previous milters' changes), without the gateway's own Received:
     qid = r.queue_id()
-    seen2 = {e["args"][0]: e["args"][1] for e in second.events("header", conn_for(second, qid))}
-    assert seen2.get("Subject") == "original" and "X-First" not in seen2, seen2
+    seen2 = [(e["args"][0], e["args"][1]) for e in second.events("header", conn_for(second, qid))]
+    assert ("Subject", "by first") in seen2 and ("X-First", "1") in seen2, seen2
+    assert "Received" not in [n for n, _ in seen2] and ("Subject", "original") not in seen2, seen2
+    assert [n for n, _ in seen2][-1] == "X-First", seen2
+    assert second.events("eom_body", conn_for(second, qid))[0]["body"] == "line 1\r\nline 2\r\n"
+    # the first one, with no editor before it, streamed as before
+    seen1 = [(e["args"][0], e["args"][1]) for e in first.events("header", conn_for(first, qid))]
+    assert ("Subject", "original") in seen1, seen1
     # the recipient the second milter refused was still offered to the first one
     c1 = conn_for(first, qid)
     assert [e["args"][0] for e in first.events("envrcpt", c1)] == ["<nope@example.test>", f"<{RCPT}>"]
@@ -970,54 +964,6 @@ def test_modification_not_negotiated_is_a_protocol_violation(gateway_factory, mi
 # 2. opendkim
 # ======================================================================================
 
-OPENDKIM = "/usr/sbin/opendkim"
-
-
-class OpenDKIM:
-    def __init__(self, workdir: Path, conf: str):
-        self.dir = workdir
-        self.port = free_port()
-        self.conf = workdir / "opendkim.conf"
-        self.conf.write_text(conf + f"Socket inet:{self.port}@127.0.0.1\nSyslog no\nBackground no\n"
-                                    f"RequireSafeKeys no\nPidFile {workdir / 'opendkim.pid'}\n")
-        self.log = workdir / "opendkim.out"
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([OPENDKIM, "-f", "-x", str(self.conf)], stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                         cwd=str(workdir))
-        wait_listening(self.port, self.proc, 20, self.log_text)
-
-    @property
-    def socket(self) -> str:
-        return f"inet:{self.port}@127.0.0.1"
-
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def stop(self):
-        stop_group(self.proc)
-
-
-@pytest.fixture
-def opendkim_factory(tmp_path):
-    if not os.access(OPENDKIM, os.X_OK):
-        pytest.skip("opendkim is not installed (Debian package opendkim)")
-    made = []
-
-    def make(conf: str) -> OpenDKIM:
-        d = tmp_path / f"opendkim{len(made)}"
-        d.mkdir()
-        od = OpenDKIM(d, conf)
-        made.append(od)
-        return od
-    yield make
-    for od in made:
-        od.stop()
-
-
 def test_opendkim_signs_and_dkimpy_verifies(gateway_factory, opendkim_factory, tmp_path):
     from dkimutil import dkimpy_verify_all, opendkim_genkey, signature_tags
     key = opendkim_genkey(tmp_path / "keys", "example.net", "od1")
@@ -1036,6 +982,57 @@ def test_opendkim_signs_and_dkimpy_verifies(gateway_factory, opendkim_factory, t
     # the signature field is the one opendkim inserted at the top of what it was shown
     names = [h.split(":", 1)[0].lower() for h in header_lines(content)]
     assert names.index("dkim-signature") < names.index("from"), names
+
+
+def signed_after(gw, key, subject: str = "original subject", body: str = "Sign what is delivered.\r\n") -> bytes:
+    """One message from alice@example.net through `gw`; the delivered content, checked to carry
+    one DKIM-Signature by example.net that dkimpy verifies."""
+    from dkimutil import dkimpy_verify_all, signature_tags
+    r = send(gw, message(f"signed-{time.monotonic_ns()}", sender="alice@example.net", subject=subject, body=body),
+             sender="alice@example.net")
+    assert r.code == 250, r
+    content = gw.wait_for_mail(RCPT)[0]
+    tags = signature_tags(content)
+    assert len(tags) == 1 and tags[0]["d"] == "example.net", (tags, content[:3000])
+    assert dkimpy_verify_all(content, key) == [True], content[:3000]
+    return content
+
+
+def test_opendkim_after_an_editing_milter_signs_the_edited_message(gateway_factory, milter_factory, opendkim_factory, tmp_path):
+    """pymilter changes Subject and adds a header at end of message; opendkim, next in the chain,
+    signs the message as delivered."""
+    from dkimutil import signature_tags
+    editor = milter_factory(behaviour={"eom": {"actions": [["chgheader", "Subject", 1, "rewritten by the editor"],
+                                                           ["addheader", "X-Edited", "yes"]]}})
+    od, key = opendkim_signer(opendkim_factory, tmp_path / "keys")
+    gw = gateway_factory(stages=[milter_stage(editor, "editor"), milter_stage(od.socket, "opendkim")])
+    content = signed_after(gw, key)
+    assert header_values(content, "Subject") == ["rewritten by the editor"]
+    assert header_values(content, "X-Edited") == ["yes"]
+    assert "subject" in signature_tags(content)[0]["h"].lower().split(":")
+
+
+def test_opendkim_after_a_body_replacing_milter(gateway_factory, milter_factory, opendkim_factory, tmp_path):
+    editor = milter_factory(behaviour={"eom": {"actions": [["replacebody", "the replaced body\r\n" * 3000]]}})
+    od, key = opendkim_signer(opendkim_factory, tmp_path / "keys")
+    gw = gateway_factory(stages=[milter_stage(editor, "editor"), milter_stage(od.socket, "opendkim")])
+    content = signed_after(gw, key, body="the original body\r\n")
+    assert body_of(content) == b"the replaced body\n" * 3000
+
+
+def test_opendkim_after_spamass_milter_rewrites_the_subject(gateway_factory, spamass_milter, opendkim_factory, tmp_path):
+    """spamass-milter marks the GTUBE: Subject rewritten (rewrite_header), X-Spam-* added,
+    Content-Type changed and the body replaced by the report; opendkim signs all of that."""
+    from dkimutil import signature_tags
+    sock = spamass_milter()
+    od, key = opendkim_signer(opendkim_factory, tmp_path / "keys")
+    gw = gateway_factory(stages=[milter_stage(sock, "spamass", content_timeout_ms=60000), milter_stage(od.socket, "opendkim")])
+    content = signed_after(gw, key, subject="lunch", body=f"This is the GTUBE\r\n\r\n{GTUBE}\r\n")
+    [subject] = header_values(content, "Subject")
+    assert subject.startswith("[SPAM]") and subject.endswith("lunch"), subject
+    assert header_values(content, "X-Spam-Flag") == ["YES"], header_lines(content)
+    assert b"Content analysis details" in body_of(content)
+    assert "subject" in signature_tags(content)[0]["h"].lower().split(":")
 
 
 def test_opendkim_verifies_against_the_test_dns(gateway_factory, opendkim_factory, tmp_path, dns_server):
@@ -1096,7 +1093,7 @@ def spamd_port():
     log = workdir / "spamd.log"
     cmd = [SPAMD, "--listen", f"127.0.0.1:{port}", "-u", "nobody", "--max-children", "2",
            "--syslog", "stderr", "--pidfile", str(workdir / "spamd.pid"), "-L", "-x", "-H", str(workdir),
-           "--cf", "use_bayes 0", "--cf", "bayes_auto_learn 0"]
+           "--cf", "use_bayes 0", "--cf", "bayes_auto_learn 0", "--cf", "rewrite_header Subject [SPAM]"]
     with open(log, "wb") as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT,
                                 start_new_session=True)

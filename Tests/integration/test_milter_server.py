@@ -27,6 +27,7 @@ import pytest
 
 from conftest import SLUICE_BIN, dns_section, free_port, header_values, render_config, split_message, wait_until
 from postfix_instance import Catcher, PostfixInstance, postfix_unavailable
+from milter_peers import opendkim_factory, opendkim_signer  # noqa: F401 (a fixture)
 from scripted_milter import MilterProcess
 
 HOSTNAME = "mx.example.test"
@@ -823,3 +824,32 @@ def test_postfix_gets_a_multi_line_reply(postfix, via_postfix, scripted):
         assert s.rcpt("rcpt@example.test")[0] == 250
     finally:
         s.quit()
+
+
+@pytest.mark.timeout_s(180)
+def test_postfix_delivers_what_a_signing_milter_after_an_editor_signed(postfix, via_postfix, scripted, opendkim_factory, tmp_path):
+    """The chain served to Postfix: a pymilter that changes Subject and adds a header, then
+    opendkim signing. opendkim is given the edited message, so the message Postfix delivers
+    verifies (dkimpy)."""
+    from dkimutil import dkimpy_verify_all, signature_tags
+    editor = scripted(behaviour={"eom": {"actions": [["chgheader", "Subject", 1, "rewritten before signing"],
+                                                     ["addheader", "X-Edited", "yes"]]}})
+    od, key = opendkim_signer(opendkim_factory, tmp_path / "keys")
+    signer = {"use": "milter", "name": "opendkim", "socket": od.socket, "connect_timeout_ms": 3000,
+              "command_timeout_ms": 5000, "content_timeout_ms": 10000}
+    via_postfix([milter_stage(editor, name="editor"), signer])
+    data = (f"From: Alice <alice@example.net>\r\nTo: <rcpt@example.test>\r\nSubject: the original subject\r\n"
+            f"Date: Sun, 29 Nov 2026 12:00:00 +0000\r\nMessage-ID: <{time.time_ns()}@example.net>\r\n\r\n"
+            + "a line of the body\r\n" * 500).encode()
+    s = smtp(postfix)
+    try:
+        assert s.sendmail("alice@example.net", ["rcpt@example.test"], data) == {}
+    finally:
+        s.quit()
+    [got] = postfix.catcher.wait_for(1)
+    assert header_values(got.content, "Subject") == ["rewritten before signing"]
+    assert header_values(got.content, "X-Edited") == ["yes"]
+    tags = signature_tags(got.content)
+    assert len(tags) == 1 and tags[0]["d"] == "example.net", (tags, got.content[:3000], od.log_text())
+    assert "subject" in tags[0]["h"].lower().split(":")
+    assert dkimpy_verify_all(got.content, key) == [True], got.content[:3000]
