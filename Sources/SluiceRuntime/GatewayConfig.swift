@@ -42,7 +42,7 @@ import SluiceStageAPI
 ///
 /// `[[listener]]`: `address` (`"127.0.0.1:2525"`, `"[::1]:2525"`), `kind` (`"smtp"` (default) |
 /// `"submission"` | `"smtps"`; the last two need `[tls]` and `[auth]`), `proxy_protocol` (false:
-/// a PROXY v1/v2 header comes first, from `proxy_from` CIDRs only).
+/// a PROXY v1/v2 header comes first, from `proxy_from` CIDRs only, within `proxy_timeout_s`, 10).
 /// `[[route]]`: `domains` (names, or `"*"` for trusted clients only), `to` (`"maildir:PATH"`,
 /// `"smtp://host:port"`, `"lmtp://host:port"`, `"lmtp:unix:/path"`, `"mx"`: the recipient domain's
 /// MX hosts via `[dns]`), `tls` for SMTP/LMTP/MX routes
@@ -277,8 +277,10 @@ public struct GatewayConfig {
             if proxy && proxyFrom.isEmpty {
                 throw t.error("proxy_from", "proxy_protocol = true needs the proxies' addresses (e.g. [\"127.0.0.1\"])")
             }
+            let proxyTimeout = try t.int("proxy_timeout_s", default: 10, range: 1...300)
             try t.finish()
-            listeners.append(Listener(address: socket, kind: kind, proxyProtocol: proxy, proxyFrom: proxyFrom))
+            listeners.append(Listener(address: socket, kind: kind, proxyProtocol: proxy, proxyFrom: proxyFrom,
+                                      proxyTimeout: .seconds(Int64(proxyTimeout))))
             listenerTexts.append(address)
         }
         if listeners.isEmpty && !stagesOnly {

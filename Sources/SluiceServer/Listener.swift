@@ -18,12 +18,16 @@ public struct Listener: Sendable {
     /// Accept a PROXY protocol header (v1 or v2) first, from `proxyFrom` only.
     public var proxyProtocol: Bool
     public var proxyFrom: [CIDR]
+    /// `proxy_timeout_s`: how long a connection may take to send its PROXY header.
+    public var proxyTimeout: TimeAmount
 
-    public init(address: SocketAddress, kind: Kind = .smtp, proxyProtocol: Bool = false, proxyFrom: [CIDR] = []) {
+    public init(address: SocketAddress, kind: Kind = .smtp, proxyProtocol: Bool = false, proxyFrom: [CIDR] = [],
+                proxyTimeout: TimeAmount = .seconds(10)) {
         self.address = address
         self.kind = kind
         self.proxyProtocol = proxyProtocol
         self.proxyFrom = proxyFrom
+        self.proxyTimeout = proxyTimeout
     }
 
     /// Submission and SMTPS require authentication before MAIL.

@@ -31,7 +31,7 @@ public final class SMTPServer: Sendable {
                     channel.eventLoop.makeCompletedFuture {
                         let pipeline = channel.pipeline.syncOperations
                         if listener.proxyProtocol {
-                            try pipeline.addHandler(ProxyProtocolDecoder(allowed: listener.proxyFrom, logger: server.logger))
+                            try pipeline.addHandler(ProxyProtocolDecoder(allowed: listener.proxyFrom, timeout: listener.proxyTimeout, logger: server.logger))
                         }
                         var sniffer: ServerHelloSniffer?
                         if listener.kind == .smtps, let tls = server.tls {

@@ -273,27 +273,14 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     /// The data phase: the header section once complete, then each body chunk.
     private func feedDataStages(_ chunk: ByteBuffer) {
         guard let session = machine?.session, let tx = machine.transactionInfo else { return }
-        let chain = server.chain
         if !dataHeadersSent {
             dataHeaderBuffer += chunk.readableBytesView
             let section = HeaderSection.parse(dataHeaderBuffer)
             guard section.complete || dataHeaderBuffer.count > SpoolDraft.headerPrefixLimit else { return }
-            dataHeadersSent = true
-            let bodyChunk = Array(dataHeaderBuffer[min(section.bodyOffset, dataHeaderBuffer.count)...])
-            dataHeaderBuffer = []
-            let fields = section.fields
-            runAsync({ () async -> StageChain.PhaseResult in
-                let h = await chain.headers(fields, session: session, transaction: tx)
-                guard case .continue = h.verdict, !bodyChunk.isEmpty else { return h }
-                let b = await chain.bodyChunk(bodyChunk, session: session, transaction: tx)
-                return StageChain.PhaseResult(verdict: b.verdict, trace: h.trace + b.trace)
-            }) { handler, result in
-                handler.trace.appendFoldingData(result.trace)
-                handler.dataVerdict = result.verdict
-            }
+            sendHeaderSection(section, session: session, transaction: tx) { _ in }
             return
         }
-        let bodyChunk = Array(chunk.readableBytesView)
+        let (chain, bodyChunk) = (server.chain, Array(chunk.readableBytesView))
         runAsync({ await chain.bodyChunk(bodyChunk, session: session, transaction: tx) }) { handler, result in
             handler.trace.appendFoldingData(result.trace)
             handler.dataVerdict = result.verdict
@@ -307,13 +294,21 @@ final class SMTPSessionHandler: ChannelInboundHandler {
         guard !dataHeadersSent, draft != nil, dataSize <= server.session.maxMessageBytes, server.chain.hooks(.data),
               case .continue = dataVerdict, let session = machine?.session, let tx = machine.transactionInfo
         else { return then(self) }
+        sendHeaderSection(HeaderSection.parse(dataHeaderBuffer, atEnd: true), session: session, transaction: tx, then: then)
+    }
+
+    /// The header section to data-phase stages, then what followed it in the buffer as the first
+    /// body chunk; `then` runs on the loop once they have answered.
+    private func sendHeaderSection(
+        _ section: HeaderSection, session: SessionInfo, transaction tx: TransactionInfo,
+        then: @escaping (SMTPSessionHandler) -> Void
+    ) {
         dataHeadersSent = true
-        let section = HeaderSection.parse(dataHeaderBuffer, atEnd: true)
         let rest = Array(dataHeaderBuffer[min(section.bodyOffset, dataHeaderBuffer.count)...])
         dataHeaderBuffer = []
-        let chain = server.chain
+        let (chain, fields) = (server.chain, section.fields)
         runAsync({ () async -> StageChain.PhaseResult in
-            let h = await chain.headers(section.fields, session: session, transaction: tx)
+            let h = await chain.headers(fields, session: session, transaction: tx)
             guard case .continue = h.verdict, !rest.isEmpty else { return h }
             let b = await chain.bodyChunk(rest, session: session, transaction: tx)
             return StageChain.PhaseResult(verdict: b.verdict, trace: h.trace + b.trace)

@@ -86,6 +86,9 @@ struct CheckConfig: ParsableCommand {
             print("  \(i + 1). \(entry.name) (use = \"\(entry.kind)\")")
             print("     phases: \(phases.isEmpty ? "none" : phases.joined(separator: ", "))")
             print("     capabilities: \(entry.stage.capabilities)")
+            if chain.replaysData(entry.name) {
+                print("     data: given at end of message, as the stages before it left the message (an earlier stage may edit it)")
+            }
             if let limit = entry.stage.messageSizeLimit { print("     size limit: \(limit) octets (enforced while data streams)") }
             if !entry.stage.ehloKeywords.isEmpty { print("     EHLO keywords: \(entry.stage.ehloKeywords.joined(separator: ", "))") }
             print("     timeout: \(entry.timeout), on_error: \(entry.onError.rawValue)")

@@ -128,6 +128,14 @@ struct GatewayConfigTests {
         #expect(config.stages.map(\.onError) == [.accept, .tempfail])
     }
 
+    @Test func proxyTimeout() throws {
+        #expect(try load(validConfig).listeners.map(\.proxyTimeout) == [.seconds(10), .seconds(10)])
+        let set = try load(validConfig.replacingOccurrences(
+            of: "address = \"127.0.0.1:2525\"", with: "address = \"127.0.0.1:2525\"\nproxy_protocol = true\nproxy_from = [\"127.0.0.1\"]\nproxy_timeout_s = 3"))
+        #expect(set.listeners.first?.proxyTimeout == .seconds(3))
+        #expect(set.listeners.first?.proxyProtocol == true)
+    }
+
     @Test func defaults() throws {
         let config = try load(validConfig)
         #expect(config.maxRecipients == 100)
@@ -267,6 +275,11 @@ struct GatewayConfigTests {
             ConfigErrorRow(
                 "no listener", "[server]\nhostname = \"mx.example.test\"\n", key: "listener", lineOf: nil,
                 message: "at least one [[listener]]"
+            ),
+            ConfigErrorRow(
+                "PROXY header timeout out of range",
+                replacing("address = \"127.0.0.1:2525\"", with: "address = \"127.0.0.1:2525\"\nproxy_timeout_s = 0"),
+                key: "listener[1].proxy_timeout_s", lineOf: "proxy_timeout_s = 0", message: "must be between 1 and 300"
             ),
         ]
 

@@ -742,6 +742,10 @@ def test_two_milters_chain_in_config_order(gateway_factory, milter_factory):
     assert [e["args"][0] for e in first.events("envrcpt", c1)] == ["<nope@example.test>", f"<{RCPT}>"]
     trace = queue_trace_line(gw, qid)
     assert trace.index("first@eom") < trace.index("second@eom"), trace
+    # check-config names the stage whose data phase waits for end of message
+    shown = run_cli("check-config", "--config", str(gw.config)).stdout.decode()
+    second_part = shown.split("2. second")[1]
+    assert "data: given at end of message" in second_part and "data: given" not in shown.split("2. second")[0], shown
 
 
 def test_sendmail_socket_form_and_unix_socket(gateway_factory, milter_factory):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 
 import pytest
 
@@ -12,12 +13,12 @@ from conftest import SMTPClient, dns_section, free_port, header_values, wait_unt
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 
 
-def proxy_gateway(gateway_factory, proxy_from=("127.0.0.1",), stages=None, extra=""):
+def proxy_gateway(gateway_factory, proxy_from=("127.0.0.1",), stages=None, extra="", **listener):
     """A gateway with a plain listener (for readiness) and a PROXY listener; returns (gw, proxy port)."""
     plain, proxied = free_port(), free_port()
     gw = gateway_factory(listeners=[{"address": f"127.0.0.1:{plain}"},
                                     {"address": f"127.0.0.1:{proxied}", "proxy_protocol": True,
-                                     "proxy_from": list(proxy_from)}],
+                                     "proxy_from": list(proxy_from), **listener}],
                          stages=stages, start=False, extra=extra)
     gw.port = plain
     gw.start()
@@ -169,3 +170,12 @@ def test_a_connection_from_outside_proxy_from_is_logged(gateway_factory):
     with session(port, v1()) as c:
         assert c.read_reply_or_none(5) is None
     wait_until(lambda: "connection not from proxy_from" in gw.stderr_text(), 5, gw.stderr_text()[-2000:])
+
+
+def test_a_header_not_sent_within_proxy_timeout_s_is_logged_and_closed(gateway_factory):
+    gw, port = proxy_gateway(gateway_factory, proxy_timeout_s=1)
+    with SMTPClient("127.0.0.1", port, timeout=10) as c:
+        started = time.monotonic()
+        assert c.is_closed(8)
+        assert time.monotonic() - started < 5
+    wait_until(lambda: "no PROXY header within 1000 ms" in gw.stderr_text(), 5, gw.stderr_text()[-2000:])

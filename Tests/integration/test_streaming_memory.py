@@ -15,16 +15,9 @@ def rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_50mb_message_keeps_rss_bounded(gateway_factory):
-    gw = gateway_factory(max_message_bytes=60_000_000)
-    pid = gw.proc.pid
-    # Warm up once so lazily allocated buffers are counted in the baseline.
-    with smtplib.SMTP(gw.host, gw.port, timeout=30) as s:
-        s.sendmail("a@client.test", ["small@example.test"], b"Subject: warm\r\n\r\nhi\r\n")
-    gw.wait_for_mail("small@example.test")
-    time.sleep(0.3)
+def peak_growth_mb(pid: int, work) -> float:
+    """How far the process's RSS rose above where it stood while `work()` ran, in MB."""
     baseline = rss_kb(pid)
-
     peak = [baseline]
     done = threading.Event()
 
@@ -35,18 +28,36 @@ def test_50mb_message_keeps_rss_bounded(gateway_factory):
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    line = b"x" * 76 + b"\r\n"
-    body = b"Subject: big\r\n\r\n" + line * (50_000_000 // len(line))
     try:
-        with smtplib.SMTP(gw.host, gw.port, timeout=120) as s:
-            refused = s.sendmail("a@client.test", ["big@example.test"], body)
-        assert refused == {}
-        msgs = gw.wait_for_mail("big@example.test", timeout=60)
+        work()
     finally:
         done.set()
         sampler.join()
+    return (peak[0] - baseline) / 1024
+
+
+def warm_up(gw, sender: str = "a@client.test") -> None:
+    """One small message first, so lazily allocated buffers are counted in the baseline."""
+    with smtplib.SMTP(gw.host, gw.port, timeout=30) as s:
+        s.sendmail(sender, ["small@example.test"], f"From: <{sender}>\r\nSubject: warm\r\n\r\nhi\r\n".encode())
+    gw.wait_for_mail("small@example.test")
+    time.sleep(0.3)
+
+
+def send_big(gw, sender: str, header: bytes) -> list[bytes]:
+    """A 50 MB message (76-octet lines) to big@example.test; the delivered copies."""
+    line = b"x" * 76 + b"\r\n"
+    with smtplib.SMTP(gw.host, gw.port, timeout=180) as s:
+        assert s.sendmail(sender, ["big@example.test"], header + b"\r\n" + line * (50_000_000 // len(line))) == {}
+    return gw.wait_for_mail("big@example.test", timeout=60)
+
+
+def test_50mb_message_keeps_rss_bounded(gateway_factory):
+    gw = gateway_factory(max_message_bytes=60_000_000)
+    warm_up(gw)
+    msgs = []
+    growth_mb = peak_growth_mb(gw.proc.pid, lambda: msgs.extend(send_big(gw, "a@client.test", b"Subject: big\r\n")))
     assert len(msgs[0]) > 49_000_000
-    growth_mb = (peak[0] - baseline) / 1024
     assert growth_mb < 10, f"RSS grew by {growth_mb:.1f} MB while a 50 MB message streamed"
 
 
@@ -66,33 +77,10 @@ def test_50mb_message_replayed_to_a_milter_after_an_editor_keeps_rss_bounded(gat
             {"use": "milter", "name": "editor", "socket": editor.socket, **stage},
             {"use": "milter", "name": "opendkim", "socket": od.socket, **stage},
         ])
-        pid = gw.proc.pid
-        warm = b"From: <a@example.net>\r\nSubject: warm\r\n\r\nhi\r\n"
-        with smtplib.SMTP(gw.host, gw.port, timeout=30) as s:
-            s.sendmail("a@example.net", ["small@example.test"], warm)
-        gw.wait_for_mail("small@example.test")
-        time.sleep(0.3)
-        baseline = rss_kb(pid)
-        peak = [baseline]
-        done = threading.Event()
-
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], rss_kb(pid))
-                time.sleep(0.02)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        line = b"y" * 76 + b"\r\n"
-        body = b"From: <a@example.net>\r\nSubject: big and signed\r\n\r\n" + line * (50_000_000 // len(line))
-        try:
-            with smtplib.SMTP(gw.host, gw.port, timeout=180) as s:
-                assert s.sendmail("a@example.net", ["big@example.test"], body) == {}
-            msgs = gw.wait_for_mail("big@example.test", timeout=60)
-        finally:
-            done.set()
-            sampler.join()
-        growth_mb = (peak[0] - baseline) / 1024
+        warm_up(gw, "a@example.net")
+        msgs = []
+        header = b"From: <a@example.net>\r\nSubject: big and signed\r\n"
+        growth_mb = peak_growth_mb(gw.proc.pid, lambda: msgs.extend(send_big(gw, "a@example.net", header)))
         assert growth_mb < 10, f"RSS grew by {growth_mb:.1f} MB while a 50 MB message was replayed to opendkim"
         assert b"X-Edited: yes" in msgs[0] and b"DKIM-Signature:" in msgs[0]
         assert dkimpy_verify_all(msgs[0], key) == [True]
