@@ -276,11 +276,8 @@ final class MilterServerSession {
         if let id = macros("i") { tx.info.queueID = id }
         tx.body?.finish()
         let hostname = context.settings.hostname
-        var initial = MessageDraft(headers: tx.headers, sender: tx.info.sender, recipients: tx.info.recipients)
-        // Authentication-Results claiming our authserv-id did not come from us (RFC 8601 5).
-        for edit in AuthenticationResultsHeader.removeSpoofed(from: tx.headers, hostname: hostname) {
-            initial.apply(edit)
-        }
+        let intake = Intake(hostname: hostname)
+        let initial = intake.initialDraft(headers: tx.headers, sender: tx.info.sender, recipients: tx.info.recipients)
         var result: StageChain.EndOfMessageResult
         if context.chain.hooks(.endOfMessage) {
             let pool = context.threadPool
@@ -297,27 +294,23 @@ final class MilterServerSession {
         }
         tx.trace += result.trace
         transaction = tx
-        result.draft.prependRecorded(tx.info.results, hostname: hostname)
         defer { if let path = result.draft.replacementBodyPath { unlink(path) } }
-
-        var verdict = result.verdict
-        if case .continue = verdict, let held = tx.held ?? sessionHeld { verdict = held }
         var outcome = EndOfMessage(response: .continue, operations: [], quarantine: nil)
-        switch verdict {
+        // The MTA routes the recipients: each one the stages left stays.
+        switch intake.decide(result, results: tx.info.results, held: tx.held ?? sessionHeld, route: { _ in () }) {
         case .discard:
             outcome.response = .discard
-        case .continue, .accept, .quarantine:
-            if case .quarantine(let reason) = verdict { outcome.quarantine = reason }
-            if result.draft.recipients.isEmpty {
-                // Every recipient was taken away: nothing is left to deliver, as in the gateway.
-                outcome.response = .discard
-                break
-            }
+        case .reject(let reply):
+            outcome.response = MilterResponse.answer(to: .reject(reply)).0
+        case .tempfail(let reply):
+            outcome.response = MilterResponse.answer(to: .tempfail(reply)).0
+        case .disconnect(let reply):
+            outcome.response = MilterResponse.answer(to: .disconnect(reply)).0
+        case .accept(let accepted):
+            outcome.quarantine = accepted.quarantine
             outcome.operations = MilterEditPlan.operations(
-                headers: tx.headers, sender: tx.info.sender, recipients: tx.recipients, draft: result.draft
+                headers: tx.headers, sender: tx.info.sender, recipients: tx.recipients, draft: accepted.draft
             )
-        case .reject, .tempfail, .disconnect:
-            outcome.response = MilterResponse.answer(to: verdict).0
         }
         if case .continue = outcome.response, let error = perform(outcome) {
             logger.error("the MTA would not take an edit", metadata: ["queue_id": "\(tx.info.queueID)", "error": "\(error)"])

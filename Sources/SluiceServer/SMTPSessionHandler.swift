@@ -475,11 +475,8 @@ final class SMTPSessionHandler: ChannelInboundHandler {
         let chain = server.chain
         let spool = server.spool
         let section = HeaderSection.parse(draft.headerPrefix, atEnd: draft.size <= SpoolDraft.headerPrefixLimit)
-        var initial = MessageDraft(headers: section.fields, sender: tx.sender, recipients: tx.recipients)
-        // Authentication-Results claiming our authserv-id did not come from us (RFC 8601 5).
-        for edit in AuthenticationResultsHeader.removeSpoofed(from: section.fields, hostname: server.session.hostname) {
-            initial.apply(edit)
-        }
+        let initial = Intake(hostname: server.session.hostname).initialDraft(
+            headers: section.fields, sender: tx.sender, recipients: tx.recipients)
         let receivedSize = draft.size
         let eventLoop = context.eventLoop
 
@@ -514,67 +511,51 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     }
 
     private func commit(_ eom: StageChain.EndOfMessageResult, section: HeaderSection, transaction tx: SessionStateMachine.Transaction) {
-        var eom = eom
         trace += eom.trace
-        if let results = machine.transactionInfo?.results {
-            eom.draft.prependRecorded(results, hostname: server.session.hostname)
+        let routes = server.session.routes
+        // Recipients after edits, each with its destination: the one RCPT gave, or a route.
+        let decision = Intake(hostname: server.session.hostname).decide(
+            eom, results: machine.transactionInfo?.results, held: machine.heldVerdict
+        ) { r -> String? in
+            if let i = tx.recipients.firstIndex(of: r) { return tx.destinations[i] }
+            return try? routes.destination(for: r.mailbox, trusted: true).get()
         }
-        var verdict = eom.verdict
-        if case .continue = verdict, let held = machine.heldVerdict { verdict = held }
-        switch verdict {
-        case .reject(let r), .tempfail(let r):
-            finish(.refused(r))
-            return
-        case .disconnect(let r):
-            finish(.disconnect(r))
-            return
-        case .discard:
-            finish(.discarded)
-            return
-        default:
-            break
+        let accepted: Intake.Accepted<String>
+        switch decision {
+        case .reject(let reply), .tempfail(let reply): return finish(.refused(reply))
+        case .disconnect(let reply): return finish(.disconnect(reply))
+        case .discard(let dropped):
+            trace += dropped
+            return finish(.discarded)
+        case .accept(let a): accepted = a
         }
-        // Recipients after edits, each with its destination.
-        var recipients: [SpoolEnvelope.SpooledRecipient] = []
-        for r in eom.draft.recipients {
-            let destination: String?
-            if let i = tx.recipients.firstIndex(of: r) {
-                destination = tx.destinations[i]
-            } else {
-                destination = try? server.session.routes.destination(for: r.mailbox, trusted: true).get()
-            }
-            if let destination {
-                recipients.append(.init(address: r.mailbox, parameters: r.parameters, destination: destination))
-            } else {
-                trace.append(TraceEntry(stage: "core", phase: "eom", outcome: "dropped added recipient \(r): no route", micros: 0))
-            }
-        }
-        if recipients.isEmpty {
-            finish(.discarded)
-            return
+        trace += accepted.trace
+        let edited = accepted.draft
+        let recipients = accepted.recipients.map {
+            SpoolEnvelope.SpooledRecipient(address: $0.recipient.mailbox, parameters: $0.recipient.parameters, destination: $0.destination)
         }
         // A constant: the commit's completion (a Sendable closure, run later on the event loop)
         // captures its value, not a variable shared with this frame.
-        let quarantine: String? = if case .quarantine(let reason) = verdict { reason } else { nil }
+        let quarantine = accepted.quarantine
         // A stage that changed the sender with arguments replaced MAIL's: RET and ENVID come from those.
-        let dsn = eom.draft.senderParameters.isEmpty ? tx.parameters : (try? MailParameters(eom.draft.senderParameters)) ?? tx.parameters
+        let dsn = edited.senderParameters.isEmpty ? tx.parameters : (try? MailParameters(edited.senderParameters)) ?? tx.parameters
         let envelope = SpoolEnvelope(
-            id: tx.queueID, sender: eom.draft.sender, senderParameters: eom.draft.senderParameters, recipients: recipients,
+            id: tx.queueID, sender: edited.sender, senderParameters: edited.senderParameters, recipients: recipients,
             client: .init(address: clientAddress, port: machine.session.clientPort, helo: machine.session.heloName),
             protocolName: machine.protocolName, receivedAt: Self.wallClock(),
             size: dataSize, body: tx.parameters.body, smtputf8: tx.parameters.smtputf8, quarantine: quarantine,
             trace: sessionTrace + trace, dsnReturn: dsn.ret, envelopeID: dsn.envelopeID
         )
         var commit = SpoolDraft.Commit(
-            envelope: envelope, headers: eom.draft.headersChanged ? eom.draft.headers : nil,
-            bodyOffset: section.bodyOffset, replacementBody: eom.draft.replacementBodyPath, quarantine: quarantine != nil
+            envelope: envelope, headers: edited.headersChanged ? edited.headers : nil,
+            bodyOffset: section.bodyOffset, replacementBody: edited.replacementBodyPath, quarantine: quarantine != nil
         )
         // Fields only put on top (Received-SPF, Authentication-Results, ...) need no rewrite
         // of the spooled content: they travel in the envelope.
-        let edited = eom.draft.headers
-        if eom.draft.headersChanged, eom.draft.replacementBodyPath == nil,
-           edited.count > section.fields.count, Array(edited.suffix(section.fields.count)) == section.fields {
-            commit.prepend = Array(edited.prefix(edited.count - section.fields.count))
+        let fields = edited.headers
+        if edited.headersChanged, edited.replacementBodyPath == nil,
+           fields.count > section.fields.count, Array(fields.suffix(section.fields.count)) == section.fields {
+            commit.prepend = Array(fields.prefix(fields.count - section.fields.count))
             commit.headers = nil
         }
         guard let draft else { return finish(.spoolFailed) }

@@ -114,5 +114,6 @@ struct DKIMSignatureResultTests {
         #expect(DKIMSignatureField.tagList("v=1; a=x;y") == nil)
         #expect(DKIMSignatureField.tagList("v=1; a=\u{7F}") == nil)
         #expect(DKIMSignatureField.tagList("") == [:])
+        #expect(DKIMSignatureField.tagList("v=1; i=jos\u{E9}@example.org") == ["v": "1", "i": "jos\u{E9}@example.org"])
     }
 }

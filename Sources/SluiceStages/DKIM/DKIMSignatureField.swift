@@ -93,8 +93,9 @@ struct DKIMSignatureField: Sendable, Hashable {
                   name.unicodeScalars.allSatisfy({ $0.isASCIIAlpha || ("0"..."9").contains($0) || $0 == "_" })
             else { return nil }
             let raw = spec[spec.index(after: eq)...].trimmingFWS()
-            // tag-value: VALCHAR (0x21-0x3A / 0x3C-0x7E) runs with FWS between them.
-            guard raw.unicodeScalars.allSatisfy({ isFWS(Character($0)) || ((0x21...0x7E).contains($0.value) && $0 != ";") }) else {
+            // tag-value: VALCHAR (0x21-0x3A / 0x3C-0x7E) runs with FWS between them; UTF-8 as well
+            // (RFC 8616 3.2: an internationalized `i=`).
+            guard raw.unicodeScalars.allSatisfy({ isFWS(Character($0)) || ((0x21...0x7E).contains($0.value) && $0 != ";") || $0.value > 0x7F }) else {
                 return nil
             }
             let value = String(raw.filter { !isFWS($0) })
