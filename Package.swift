@@ -62,8 +62,17 @@ let package = Package(
             "SMTPCore", "SluiceStageAPI",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        /// The durable queue: drafts, commits, recovery, and the `QueueStore` seam.
         .target(name: "SluiceSpool", dependencies: [
             "SMTPCore", "SluiceStageAPI", "SluicePipeline",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        /// Delivery: the scheduler and the transports (maildir, SMTP/LMTP relay, MX), bounces and
+        /// notices; it reaches the queue only through `QueueStore`.
+        .target(name: "SluiceDelivery", dependencies: [
+            "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceSpool",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -83,7 +92,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .target(name: "SluiceRuntime", dependencies: [
-            "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceSpool", "SluiceServer", "SluiceStages", "SluiceDNS", "LocalStages",
+            "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceSpool", "SluiceDelivery", "SluiceServer", "SluiceStages", "SluiceDNS", "LocalStages",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
@@ -99,7 +108,7 @@ let package = Package(
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "sluice", dependencies: [
-            "SluiceRuntime", "SluiceMilterServer", "SluiceSpool", "SluiceStageAPI", "SluicePipeline", "SluiceDNS", "SluiceStages", "SluiceServer",
+            "SluiceRuntime", "SluiceMilterServer", "SluiceSpool", "SluiceDelivery", "SluiceStageAPI", "SluicePipeline", "SluiceDNS", "SluiceStages", "SluiceServer",
             .product(name: "X509", package: "swift-certificates"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "_CryptoExtras", package: "swift-crypto"),
@@ -110,13 +119,13 @@ let package = Package(
         .testTarget(name: "LocalStagesTests", dependencies: ["LocalStages", "SluiceStageAPI", "SluiceStageTesting", "SluiceDNS"]),
         .testTarget(name: "SluiceStageTestingTests", dependencies: ["SluiceStageTesting", "SluiceStages", "SluiceStageAPI", "SluiceDNS", "SMTPCore"]),
         .testTarget(name: "SluiceServerTests", dependencies: [
-            "SluiceServer", "SMTPCore", "SluiceStageAPI",
+            "SluiceServer", "SluiceSpool", "SMTPCore", "SluiceStageAPI",
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
         .testTarget(name: "SluiceDNSTests", dependencies: ["SluiceDNS", "SluiceStageAPI"]),
         .testTarget(name: "SluicePipelineTests", dependencies: ["SluicePipeline", "SluiceStageAPI", "SMTPCore"]),
         .testTarget(name: "SluiceSpoolTests", dependencies: [
-            "SluiceSpool", "SluicePipeline", "SluiceStageAPI", "SMTPCore",
+            "SluiceSpool", "SluiceDelivery", "SluicePipeline", "SluiceStageAPI", "SMTPCore",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
@@ -129,7 +138,7 @@ let package = Package(
             "SluiceMilterServer", "SluicePipeline", "SluiceStageAPI", "SMTPCore",
         ]),
         .testTarget(name: "SluiceRuntimeTests", dependencies: [
-            "SluiceRuntime", "SluiceStageAPI", "SluicePipeline", "SluiceServer", "SluiceStages", "SluiceSpool", "SMTPCore",
+            "SluiceRuntime", "SluiceStageAPI", "SluicePipeline", "SluiceServer", "SluiceStages", "SluiceSpool", "SluiceDelivery", "SMTPCore",
             .product(name: "Logging", package: "swift-log"),
         ]),
     ]

@@ -7,14 +7,15 @@ import UnixSignals
 import SluiceDNS
 import SluicePipeline
 import SluiceServer
+import SluiceDelivery
 import SluiceSpool
 import SluiceStageAPI
 
-/// The whole gateway: the SMTP listeners and the delivery agent, meeting only at the spool.
+/// The whole gateway: the SMTP listeners and the delivery agent, meeting only at the queue.
 public final class Gateway: Sendable {
     public let config: GatewayConfig.Resolved
     public let chain: StageChain
-    let spool: Spool
+    let queue: FileQueueStore
     let delivery: DeliveryAgent
     let server: SMTPServer
     let threadPool: NIOThreadPool
@@ -31,8 +32,8 @@ public final class Gateway: Sendable {
         chain = try registry.buildChain(config, logger: logger, resolver: resolver)
         threadPool = NIOThreadPool(numberOfThreads: config.deliveryConcurrency + 32)
         threadPool.start()
-        let spool = Spool(layout: SpoolLayout(root: config.spool), threadPool: threadPool, minFreeBytes: UInt64(config.minFreeBytes))
-        self.spool = spool
+        let queue = FileQueueStore(layout: SpoolLayout(root: config.spool), threadPool: threadPool, minFreeBytes: UInt64(config.minFreeBytes))
+        self.queue = queue
         var deliveryLogger = logger
         deliveryLogger[metadataKey: "component"] = "delivery"
         let routes = RouteTable(config.routes)
@@ -42,7 +43,7 @@ public final class Gateway: Sendable {
             tlsSettings: config.relayTLS, defaultTLSSettings: config.mxTLS, logger: deliveryLogger
         )
         let delivery = DeliveryAgent(
-            spool: spool, hostname: config.hostname, relay: relay, policy: config.queue,
+            store: queue, threadPool: threadPool, hostname: config.hostname, relay: relay, policy: config.queue,
             concurrency: config.deliveryConcurrency, resolver: resolver,
             route: { try? routes.destination(for: $0, trusted: true).get() }, logger: deliveryLogger
         )
@@ -86,14 +87,14 @@ public final class Gateway: Sendable {
         session.stageKeywords = chain.ehloKeywords
         session.hookedPhases = Set(StagePhase.allCases.filter(chain.hooks))
         session.makeQueueID = QueueID.make
-        session.hasFreeSpace = { spool.hasFreeSpace() }
+        session.hasFreeSpace = { queue.hasFreeSpace() }
         if let senderLogin { session.senderLogin = { senderLogin.allows(user: $0, sender: $1) } }
         if let failures = auth?.failures { session.authBlocked = { failures.count($0) >= failures.maxFailures } }
-        if !config.etrnFrom.isEmpty { session.etrn = { delivery.flush(domain: $0) } }
+        if !config.etrnFrom.isEmpty { session.etrn = { queue.flush(domain: $0) } }
         var smtpLogger = logger
         smtpLogger[metadataKey: "component"] = "smtpd"
         let context = ServerContext(
-            session: session, chain: chain, spool: spool, onQueued: { delivery.enqueue($0) },
+            session: session, chain: chain, queue: queue, threadPool: threadPool,
             tracker: ConnectionTracker(maxTotal: config.maxConnections, maxPerAddress: config.maxConnectionsPerIP),
             logger: smtpLogger, relayFrom: config.relayFrom, etrnFrom: config.etrnFrom,
             commandTimeout: .seconds(Int64(config.commandTimeoutSeconds)), dataTimeout: .seconds(Int64(config.dataTimeoutSeconds)),
@@ -106,17 +107,16 @@ public final class Gateway: Sendable {
     /// Recovers the spool, binds the listeners, and runs until SIGTERM/SIGINT; then stops
     /// accepting, lets open transactions finish (bounded), drains delivery and returns.
     public func run() async throws {
-        let queued = try await threadPool.runIfActive { [spool, logger] in try spool.recover(logger: logger) }
-        if !queued.isEmpty { logger.info("recovered queued messages", metadata: ["count": "\(queued.count)"]) }
-        for id in queued { delivery.enqueue(id) }
+        let queued = try await queue.recover(logger: logger)
+        if queued > 0 { logger.info("recovered queued messages", metadata: ["count": "\(queued)"]) }
         let listeners = try await server.bind()
         logger.info("sluice started", metadata: [
             "hostname": "\(config.hostname)", "stages": "\(chain.entries.map(\.name).joined(separator: ","))",
             "tls": "\(tls.map { "on (\($0.settings.certificatePath))" } ?? "off (no [tls] in the config)")",
         ])
         let smtp = SMTPService(server: server, listeners: listeners, grace: .seconds(config.shutdownGraceSeconds))
-        let deliveryService = DeliveryService(agent: delivery)
-        let control = QueueControlService(layout: spool.layout, agent: delivery)
+        let deliveryService = DeliveryService(agent: delivery, queue: queue)
+        let control = QueueControlService(queue: queue)
         let reload = ReloadService(tls: tls, logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: deliveryService), .init(service: control), .init(service: reload), .init(service: smtp)],
@@ -187,24 +187,24 @@ struct ReloadService: Service {
 /// Delivery as a service: stops after the SMTP side has (services stop in reverse order).
 struct DeliveryService: Service {
     let agent: DeliveryAgent
+    let queue: any QueueStore
 
     func run() async throws {
         await withGracefulShutdownHandler {
             await agent.run()
         } onGracefulShutdown: {
-            agent.finish()
+            queue.finish()
         }
     }
 }
 
 /// Polls `spool/control/` for `sluice queue flush`/`release` requests (every 250 ms).
 struct QueueControlService: Service {
-    let layout: SpoolLayout
-    let agent: DeliveryAgent
+    let queue: FileQueueStore
 
     func run() async throws {
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            for request in QueueControl.takeRequests(layout) { agent.flush(request) }
+            queue.takeControlRequests()
             try? await Task.sleep(for: .milliseconds(250))
         }
     }

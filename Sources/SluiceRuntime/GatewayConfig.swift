@@ -3,6 +3,7 @@ import NIOCore
 import SluiceDNS
 import SluicePipeline
 import SluiceServer
+import SluiceDelivery
 import SluiceSpool
 import SluiceStageAPI
 
@@ -315,7 +316,7 @@ public struct GatewayConfig {
                 }
             }
             try t.finish()
-            routes.append(RouteTable.Route(domains: domains, destination: destination.description))
+            routes.append(RouteTable.Route(domains: domains, destination: destination))
         }
 
         stages = []

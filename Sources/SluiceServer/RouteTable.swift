@@ -1,4 +1,5 @@
 import SMTPCore
+import SluiceSpool
 import SluiceStageAPI
 
 /// Which recipient domains the gateway takes mail for, and where each goes (`[[route]]`).
@@ -9,22 +10,22 @@ public struct RouteTable: Sendable {
     public struct Route: Sendable, Hashable {
         /// Lowercased domains, or `["*"]`.
         public var domains: [String]
-        /// The route's `to`, e.g. `maildir:/srv/mail`.
-        public var destination: String
-        public init(domains: [String], destination: String) {
+        /// The route's `to` (e.g. `maildir:/srv/mail`), parsed when the config loaded.
+        public var destination: Destination
+        public init(domains: [String], destination: Destination) {
             self.domains = domains.map { $0.lowercased() }
             self.destination = destination
         }
     }
 
     public let routes: [Route]
-    private let byDomain: [String: String]
-    private let wildcard: String?
+    private let byDomain: [String: Destination]
+    private let wildcard: Destination?
 
     public init(_ routes: [Route]) {
         self.routes = routes
-        var map: [String: String] = [:]
-        var wildcard: String?
+        var map: [String: Destination] = [:]
+        var wildcard: Destination?
         for route in routes {
             for domain in route.domains {
                 if domain == "*" {
@@ -45,7 +46,7 @@ public struct RouteTable: Sendable {
     ///
     /// For untrusted clients, local parts that route elsewhere (`%`, `!`, or an `@` inside a quoted
     /// local part) are refused as Postfix does, and address literals are never local.
-    public func destination(for mailbox: Mailbox, trusted: Bool) -> Result<String, SMTPReply> {
+    public func destination(for mailbox: Mailbox, trusted: Bool) -> Result<Destination, SMTPReply> {
         var domain = mailbox.normalizedDomain
         if domain.hasSuffix(".") { domain.removeLast() }
         let denied = SMTPReply(554, "5.7.1", "<\(mailbox)>: Relay access denied")

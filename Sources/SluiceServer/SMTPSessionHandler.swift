@@ -42,7 +42,7 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     private var shutdownRequested = false
 
     // The message being received.
-    private var draft: SpoolDraft?
+    private var draft: (any QueueDraft)?
     private var dataSize = 0
     private var storeChunk = true
     private var bdatChunkSize: UInt64 = 0
@@ -367,7 +367,7 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     private func authenticate(user: String, password: String, mechanism: SASL.Mechanism) {
         guard let auth = server.auth else { return perform(machine.authFinished(.failure)) }
         let address = clientAddress
-        let pool = server.spool.threadPool
+        let pool = server.threadPool
         let log = logger
         runAsync({ () async -> SessionStateMachine.AuthResult in
             if auth.failures.count(address) >= auth.failures.maxFailures { return .tooManyFailures }
@@ -455,7 +455,7 @@ final class SMTPSessionHandler: ChannelInboundHandler {
         dataVerdict = .continue
         dataHeaderBuffer = []
         dataHeadersSent = false
-        let draft = server.spool.makeDraft(id: tx.queueID, eventLoop: context.eventLoop)
+        let draft = server.queue.makeDraft(id: tx.queueID, eventLoop: context.eventLoop)
         draft.append(ReceivedHeader.make(
             heloName: machine.session.heloName, clientAddress: clientAddress, serverHostname: server.session.hostname,
             tls: machine.session.tls, authenticatedUser: machine.session.authenticatedUser,
@@ -473,7 +473,7 @@ final class SMTPSessionHandler: ChannelInboundHandler {
         }
         let session = machine.session
         let chain = server.chain
-        let spool = server.spool
+        let pool = server.threadPool
         let section = HeaderSection.parse(draft.headerPrefix, atEnd: draft.size <= SpoolDraft.headerPrefixLimit)
         let initial = Intake(hostname: server.session.hostname).initialDraft(
             headers: section.fields, sender: tx.sender, recipients: tx.recipients)
@@ -485,7 +485,7 @@ final class SMTPSessionHandler: ChannelInboundHandler {
             // Written to disk only if a stage reads the body.
             let (draftBody, settled) = draft.lazyBody(from: section.bodyOffset)
             let body: @Sendable (MessageDraft) -> MessageBody = { d in
-                d.replacementBodyPath.map { SpoolReader.body(path: $0, from: 0, length: nil, threadPool: spool.threadPool) } ?? draftBody
+                d.replacementBodyPath.map { SpoolReader.body(path: $0, from: 0, length: nil, threadPool: pool) } ?? draftBody
             }
             let (runner, initial) = (stageRunner, initial)
             // The draft starts with our Received: field (startMessage).
@@ -516,11 +516,11 @@ final class SMTPSessionHandler: ChannelInboundHandler {
         // Recipients after edits, each with its destination: the one RCPT gave, or a route.
         let decision = Intake(hostname: server.session.hostname).decide(
             eom, results: machine.transactionInfo?.results, held: machine.heldVerdict
-        ) { r -> String? in
+        ) { r -> Destination? in
             if let i = tx.recipients.firstIndex(of: r) { return tx.destinations[i] }
             return try? routes.destination(for: r.mailbox, trusted: true).get()
         }
-        let accepted: Intake.Accepted<String>
+        let accepted: Intake.Accepted<Destination>
         switch decision {
         case .reject(let reply), .tempfail(let reply): return finish(.refused(reply))
         case .disconnect(let reply): return finish(.disconnect(reply))
@@ -546,7 +546,7 @@ final class SMTPSessionHandler: ChannelInboundHandler {
             size: dataSize, body: tx.parameters.body, smtputf8: tx.parameters.smtputf8, quarantine: quarantine,
             trace: sessionTrace + trace, dsnReturn: dsn.ret, envelopeID: dsn.envelopeID
         )
-        var commit = SpoolDraft.Commit(
+        var commit = DraftCommit(
             envelope: envelope, headers: edited.headersChanged ? edited.headers : nil,
             bodyOffset: section.bodyOffset, replacementBody: edited.replacementBodyPath, quarantine: quarantine != nil
         )
@@ -568,7 +568,7 @@ final class SMTPSessionHandler: ChannelInboundHandler {
                 if quarantine != nil {
                     handler.finish(.quarantined(id: tx.queueID))
                 } else {
-                    handler.server.onQueued(tx.queueID)
+                    handler.server.queue.announce(tx.queueID)
                     handler.finish(.queued(id: tx.queueID))
                 }
             case .failure(let error):

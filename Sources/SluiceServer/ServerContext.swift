@@ -1,17 +1,19 @@
 import Logging
 import NIOCore
+import NIOPosix
 import SluicePipeline
 import SluiceSpool
 import SluiceStageAPI
 import Synchronization
 
-/// What every session shares: configuration, the chain, the spool, and the delivery hand-off.
+/// What every session shares: configuration, the chain, and the queue (the only thing shared with delivery).
 public final class ServerContext: Sendable {
     public let session: SessionConfiguration
     public let chain: StageChain
-    public let spool: Spool
-    /// Called with each queue id after its 250: the only hand-off from receiving to delivery.
-    public let onQueued: @Sendable (String) -> Void
+    /// Drafts are written into it, and each committed message is announced to it after its 250.
+    public let queue: any QueueStore
+    /// Runs the sessions' blocking calls (password checks, reading stages' replacement bodies).
+    public let threadPool: NIOThreadPool
     public let tracker: ConnectionTracker
     public let logger: Logger
     /// `[server] relay_from`.
@@ -35,7 +37,7 @@ public final class ServerContext: Sendable {
     private let channels = Mutex<[ObjectIdentifier: any Channel]>([:])
 
     public init(
-        session: SessionConfiguration, chain: StageChain, spool: Spool, onQueued: @escaping @Sendable (String) -> Void,
+        session: SessionConfiguration, chain: StageChain, queue: any QueueStore, threadPool: NIOThreadPool,
         tracker: ConnectionTracker, logger: Logger, relayFrom: [CIDR], etrnFrom: [CIDR] = [], commandTimeout: TimeAmount,
         dataTimeout: TimeAmount, greetPause: TimeAmount, commandLineLimit: Int, textLineLimit: Int, tls: ServerTLS? = nil,
         auth: AuthSettings? = nil
@@ -44,8 +46,8 @@ public final class ServerContext: Sendable {
         self.auth = auth
         self.session = session
         self.chain = chain
-        self.spool = spool
-        self.onQueued = onQueued
+        self.queue = queue
+        self.threadPool = threadPool
         self.tracker = tracker
         self.logger = logger
         self.relayFrom = relayFrom

@@ -1,4 +1,5 @@
 import SMTPCore
+import SluiceSpool
 import SluiceStageAPI
 
 /// The SMTP session as a value: events in, actions out. It knows the protocol rules (RFC 5321
@@ -12,7 +13,7 @@ public struct SessionStateMachine: Sendable {
         /// Run the chain at a phase, then call `stagesFinished`.
         case runStages(StagePhase)
         /// Run the RCPT phase for this recipient (routed to `destination`), then call `stagesFinished`.
-        case runRecipientStages(Recipient, destination: String)
+        case runRecipientStages(Recipient, destination: Destination)
         /// Send the 354 and switch the framer to DATA.
         case startData(SMTPReply)
         /// Read a BDAT chunk of `size` octets (keeping it only when `store`), then call `bdatChunkRead`.
@@ -61,7 +62,7 @@ public struct SessionStateMachine: Sendable {
         public var parameters: MailParameters
         public var recipients: [Recipient] = []
         /// Destination per recipient, by position.
-        public var destinations: [String] = []
+        public var destinations: [Destination] = []
         public var rejectedRecipients = 0
         public var usedBDAT = false
         public var state = StageState()
@@ -89,7 +90,7 @@ public struct SessionStateMachine: Sendable {
     public private(set) var transaction: Transaction?
     private var phase: Phase = .connecting
     private var pendingEHLO: String?
-    private var pendingRecipient: (Recipient, String)?
+    private var pendingRecipient: (Recipient, Destination)?
     private var errors = 0
     /// A connect- or helo-phase verdict that applies to every later message.
     private var sessionVerdict: StageVerdict = .continue
@@ -444,7 +445,7 @@ public struct SessionStateMachine: Sendable {
             }
             mailbox = Mailbox(localPart: "postmaster", domain: domain)
         }
-        let destination: String
+        let destination: Destination
         switch configuration.routes.destination(for: mailbox, trusted: session.trustedClient) {
         case .success(let d): destination = d
         case .failure(let reply):
@@ -461,7 +462,7 @@ public struct SessionStateMachine: Sendable {
         return addRecipient(recipient, destination)
     }
 
-    private mutating func addRecipient(_ recipient: Recipient, _ destination: String) -> Action {
+    private mutating func addRecipient(_ recipient: Recipient, _ destination: Destination) -> Action {
         transaction?.recipients.append(recipient)
         transaction?.destinations.append(destination)
         return .send(SMTPReply(250, "2.1.5", "Ok"))

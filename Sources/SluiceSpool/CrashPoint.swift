@@ -34,7 +34,7 @@ public enum CrashPoint: String, CaseIterable, Sendable {
 
     /// Kills the process, or fails the step, if this point is armed and its count is reached.
     @inline(__always)
-    static func reached(_ point: CrashPoint) throws {
+    package static func reached(_ point: CrashPoint) throws {
         if let (armed, count) = crash, armed == point, crashHits.add(1, ordering: .relaxed).newValue >= count {
             kill(getpid(), SIGKILL)
         }

@@ -8,10 +8,7 @@ import Glibc
 /// failed, `W 0` a delay warning was sent), each batch fsync'd. A message whose recipients all
 /// resolve in one attempt never gets a state file.
 enum DeliveryState {
-    enum Resolution: Sendable, Hashable {
-        case delivered
-        case failed(SMTPReply)
-    }
+    typealias Resolution = RecipientResolution
 
     /// The key under which `load` reports that a delay warning went out.
     static let warnedKey = -1
@@ -64,7 +61,7 @@ enum DeliveryState {
 }
 
 extension String {
-    func replacingNewlines() -> String {
+    package func replacingNewlines() -> String {
         String(decoding: utf8.map { $0 == 0x0A || $0 == 0x0D ? UInt8(ascii: " ") : $0 }, as: UTF8.self)
     }
 }

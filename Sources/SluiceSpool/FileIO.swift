@@ -12,24 +12,24 @@ public struct FileIOError: Error, CustomStringConvertible, Sendable {
 }
 
 /// Thin blocking wrappers over POSIX file calls. Callers run them on a thread pool, never on an event loop.
-enum FileIO {
-    static func check(_ result: Int32, _ call: String, _ path: String) throws {
+package enum FileIO {
+    package static func check(_ result: Int32, _ call: String, _ path: String) throws {
         if result < 0 { throw FileIOError(call: call, path: path, errno: Glibc.errno) }
     }
 
-    static func createExclusive(_ path: String) throws -> Int32 {
+    package static func createExclusive(_ path: String) throws -> Int32 {
         let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         try check(fd, "open", path)
         return fd
     }
 
-    static func openRead(_ path: String) throws -> Int32 {
+    package static func openRead(_ path: String) throws -> Int32 {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         try check(fd, "open", path)
         return fd
     }
 
-    static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws {
+    package static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, path: String) throws {
         var offset = 0
         while offset < bytes.count {
             let n = write(fd, bytes.baseAddress! + offset, bytes.count - offset)
@@ -41,12 +41,12 @@ enum FileIO {
         }
     }
 
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws {
+    package static func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws {
         try bytes.withUnsafeBytes { (b: UnsafeRawBufferPointer) throws in try writeAll(fd, b, path: path) }
     }
 
     /// Reads up to `count` bytes at `offset`; fewer only at end of file.
-    static func pread(_ fd: Int32, count: Int, offset: Int, path: String) throws -> [UInt8] {
+    package static func pread(_ fd: Int32, count: Int, offset: Int, path: String) throws -> [UInt8] {
         var out = [UInt8](repeating: 0, count: count)
         var got = 0
         while got < count {
@@ -62,27 +62,27 @@ enum FileIO {
         return out
     }
 
-    static func sync(_ fd: Int32, path: String) throws {
+    package static func sync(_ fd: Int32, path: String) throws {
         try check(fdatasync(fd), "fdatasync", path)
     }
 
-    static func fileSize(_ fd: Int32, path: String) throws -> Int {
+    package static func fileSize(_ fd: Int32, path: String) throws -> Int {
         var st = stat()
         try check(fstat(fd, &st), "fstat", path)
         return Int(st.st_size)
     }
 
-    static func rename(_ from: String, _ to: String) throws {
+    package static func rename(_ from: String, _ to: String) throws {
         try check(Glibc.rename(from, to), "rename", from)
     }
 
-    static func unlink(_ path: String) throws {
+    package static func unlink(_ path: String) throws {
         try check(Glibc.unlink(path), "unlink", path)
     }
 
-    static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+    package static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
-    static func makeDirectories(_ path: String) throws {
+    package static func makeDirectories(_ path: String) throws {
         var st = stat()
         if stat(path, &st) == 0 { return }
         var prefix = ""
@@ -96,7 +96,7 @@ enum FileIO {
     }
 
     /// Names in a directory, without `.` and `..`.
-    static func list(_ path: String) throws -> [String] {
+    package static func list(_ path: String) throws -> [String] {
         guard let dir = opendir(path) else { throw FileIOError(call: "opendir", path: path, errno: Glibc.errno) }
         defer { closedir(dir) }
         var names: [String] = []
@@ -110,7 +110,7 @@ enum FileIO {
     }
 
     /// Free bytes for unprivileged users on the file system holding `path`.
-    static func freeBytes(_ path: String) -> UInt64? {
+    package static func freeBytes(_ path: String) -> UInt64? {
         var st = statvfs()
         guard statvfs(path, &st) == 0 else { return nil }
         return UInt64(st.f_bavail) * UInt64(st.f_frsize)

@@ -11,7 +11,7 @@ import Glibc
 /// and spills to `tmp/<id>` in the background once it passes `spillThreshold`, so a large
 /// message never sits whole in memory. Disk calls run on the spool's thread pool; the session
 /// waits for each returned future before touching the draft again.
-public final class SpoolDraft {
+public final class SpoolDraft: QueueDraft {
     public let id: String
     let spool: Spool
     let eventLoop: any EventLoop
@@ -49,12 +49,6 @@ public final class SpoolDraft {
         size += chunk.readableBytes
         var chunk = chunk
         pending.writeBuffer(&chunk)
-    }
-
-    public func append(_ bytes: [UInt8]) {
-        var buffer = ByteBufferAllocator().buffer(capacity: bytes.count)
-        buffer.writeBytes(bytes)
-        append(buffer)
     }
 
     /// True when enough is pending that the session should `flush()` before reading more.
@@ -134,34 +128,12 @@ public final class SpoolDraft {
         return (body, { gate.settled() })
     }
 
-    /// What `commit` writes.
-    public struct Commit: Sendable {
-        public var envelope: SpoolEnvelope
-        /// The edited header section, when stages changed it.
-        public var headers: [HeaderField]?
-        /// Where the received body starts in the content (used when rewriting).
-        public var bodyOffset: Int
-        /// A stage's replacement body.
-        public var replacementBody: String?
-        /// Put the message in `quarantine/` instead of `queue/`.
-        public var quarantine: Bool
-        /// Fields to put before the content, when that is all the header edits did: they go
-        /// into the envelope and the content is not rewritten.
-        public var prepend: [HeaderField] = []
-
-        public init(envelope: SpoolEnvelope, headers: [HeaderField]?, bodyOffset: Int, replacementBody: String?, quarantine: Bool) {
-            self.envelope = envelope
-            self.headers = headers
-            self.bodyOffset = bodyOffset
-            self.replacementBody = replacementBody
-            self.quarantine = quarantine
-        }
-    }
+    public typealias Commit = DraftCommit
 
     /// Makes the message durable: content, envelope and trailer are written and fsync'd, the file
     /// is renamed into `queue/` (or `quarantine/`) and that directory is fsync'd. Only when the
     /// future succeeds may the session answer 250. On failure the temp file is gone.
-    public func commit(_ commit: Commit) -> EventLoopFuture<Void> {
+    public func commit(_ commit: DraftCommit) -> EventLoopFuture<Void> {
         if discarded { return eventLoop.makeFailedFuture(SpoolDraftDiscarded()) }
         discarded = true  // from here on the commit owns the file; a later discard() is a no-op
         let buffer = pending
@@ -293,5 +265,29 @@ private final class FlushGate: Sendable {
     /// The flush a reader started, or a completed future.
     func settled() -> EventLoopFuture<Void> {
         started.withLock { $0 } ?? draft.eventLoop.makeSucceededVoidFuture()
+    }
+}
+
+/// What a draft's `commit` writes.
+public struct DraftCommit: Sendable {
+    public var envelope: SpoolEnvelope
+    /// The edited header section, when stages changed it.
+    public var headers: [HeaderField]?
+    /// Where the received body starts in the content (used when rewriting).
+    public var bodyOffset: Int
+    /// A stage's replacement body.
+    public var replacementBody: String?
+    /// Put the message in `quarantine/` instead of `queue/`.
+    public var quarantine: Bool
+    /// Fields to put before the content, when that is all the header edits did: they go
+    /// into the envelope and the content is not rewritten.
+    public var prepend: [HeaderField] = []
+
+    public init(envelope: SpoolEnvelope, headers: [HeaderField]?, bodyOffset: Int, replacementBody: String?, quarantine: Bool) {
+        self.envelope = envelope
+        self.headers = headers
+        self.bodyOffset = bodyOffset
+        self.replacementBody = replacementBody
+        self.quarantine = quarantine
     }
 }

@@ -16,12 +16,12 @@ public struct SpoolEnvelope: Codable, Sendable {
         }
     }
 
-    /// A recipient and where it goes (`maildir:/var/mail`).
+    /// A recipient and where it goes (stored as text: `maildir:/var/mail`).
     public struct SpooledRecipient: Codable, Sendable, Hashable {
         public var address: Mailbox
         public var parameters: [ESMTPParameter]
-        public var destination: String
-        public init(address: Mailbox, parameters: [ESMTPParameter], destination: String) {
+        public var destination: Destination
+        public init(address: Mailbox, parameters: [ESMTPParameter], destination: Destination) {
             self.address = address
             self.parameters = parameters
             self.destination = destination

@@ -19,7 +19,7 @@ public enum SpoolReader {
 }
 
 /// Pulls chunks of a file on the thread pool; owns its descriptor.
-final class ChunkReader: @unchecked Sendable {
+package final class ChunkReader: @unchecked Sendable {
     // @unchecked: a reader is used by one iterator at a time, awaiting each call before the next.
     private let path: String
     private var position: Int
@@ -27,7 +27,7 @@ final class ChunkReader: @unchecked Sendable {
     private let threadPool: NIOThreadPool
     private var fd: Int32 = -1
 
-    init(path: String, position: Int, end: Int?, threadPool: NIOThreadPool) {
+    package init(path: String, position: Int, end: Int?, threadPool: NIOThreadPool) {
         self.path = path
         self.position = position
         self.end = end
@@ -36,7 +36,7 @@ final class ChunkReader: @unchecked Sendable {
 
     deinit { if fd >= 0 { close(fd) } }
 
-    func next() async throws -> [UInt8]? {
+    package func next() async throws -> [UInt8]? {
         let want = end.map { min(SpoolReader.chunkSize, $0 - self.position) } ?? SpoolReader.chunkSize
         guard want > 0 else { return nil }
         let (fd, path, position) = (self.fd, self.path, self.position)
@@ -54,17 +54,7 @@ final class ChunkReader: @unchecked Sendable {
 /// Reads queue files' envelopes (blocking; also used by the `queue` commands without a running gateway).
 public enum SpoolFileReader {
     /// Where a message can be.
-    public enum States: String, CaseIterable, Sendable {
-        case queued, held, quarantined
-
-        func directory(_ layout: SpoolLayout) -> String {
-            switch self {
-            case .queued: layout.queue
-            case .held: layout.hold
-            case .quarantined: layout.quarantine
-            }
-        }
-    }
+    public typealias States = QueueListing.State
 
     /// Ids in one state, oldest first; none when the folder does not exist.
     public static func ids(layout: SpoolLayout, state: States) -> [String] {
@@ -87,5 +77,15 @@ public enum SpoolFileReader {
 
     public static func load(layout: SpoolLayout, id: String, quarantined: Bool) throws -> Spool.StoredMessage {
         try load(layout: layout, id: id, state: quarantined ? .quarantined : .queued)
+    }
+}
+
+extension QueueListing.State {
+    func directory(_ layout: SpoolLayout) -> String {
+        switch self {
+        case .queued: layout.queue
+        case .held: layout.hold
+        case .quarantined: layout.quarantine
+        }
     }
 }

@@ -102,83 +102,97 @@ struct Queue: ParsableCommand {
         subcommands: [List.self, Show.self, Flush.self, Delete.self, Hold.self, Release.self]
     )
 
-    /// Runs a queue operation, turning its failure into a clear message.
-    static func operate(_ options: ConfigOption, _ body: (SpoolLayout) throws -> String) throws {
+    /// The queue of `--config`, whether the gateway runs or not.
+    static func store(_ options: ConfigOption) throws -> any QueueInspection {
         let config = try options.load()
-        do {
-            print(try body(SpoolLayout(root: config.spool)))
-        } catch {
-            throw Failure("\(error)")
-        }
+        return FileQueueStore.inspecting(SpoolLayout(root: config.spool))
     }
 
-    struct Flush: ParsableCommand {
+    /// One operation on one message (or, for flush, on all): the shape every changing command shares.
+    protocol Operation: AsyncParsableCommand {
+        var options: ConfigOption { get }
+        /// The message operated on; nil for all (flush only).
+        var target: String? { get }
+        /// Does the work; returns what to print.
+        static func perform(_ store: any QueueInspection, _ id: String?) async throws -> String
+    }
+
+    struct Flush: Operation {
         static let configuration = CommandConfiguration(
             abstract: "Attempt deferred mail now: all of it, or one message. The running gateway picks this up within a second."
         )
         @OptionGroup var options: ConfigOption
         @Argument(help: "A queue id (default: every deferred message).") var id: String?
+        var target: String? { id }
 
-        func run() throws {
-            try Queue.operate(options) { layout in
-                try QueueControl.requestFlush(layout, id: id)
-                return "flush requested\(id.map { " for \($0)" } ?? "")"
-            }
+        static func perform(_ store: any QueueInspection, _ id: String?) async throws -> String {
+            try await store.requestFlush(id)
+            return "flush requested\(id.map { " for \($0)" } ?? "")"
         }
     }
 
-    struct Delete: ParsableCommand {
+    struct Delete: Operation {
         static let configuration = CommandConfiguration(abstract: "Delete a message from the queue (or from hold or quarantine).")
         @OptionGroup var options: ConfigOption
         @Argument(help: "The queue id.") var id: String
+        var target: String? { id }
 
-        func run() throws {
-            try Queue.operate(options) { layout in
-                try QueueControl.delete(layout, id: id)
-                return "\(id): deleted"
-            }
+        static func perform(_ store: any QueueInspection, _ id: String?) async throws -> String {
+            try await store.delete(id ?? "")
+            return "\(id ?? ""): deleted"
         }
     }
 
-    struct Hold: ParsableCommand {
+    struct Hold: Operation {
         static let configuration = CommandConfiguration(abstract: "Put a queued message on hold: it is kept but not delivered.")
         @OptionGroup var options: ConfigOption
         @Argument(help: "The queue id.") var id: String
+        var target: String? { id }
 
-        func run() throws {
-            try Queue.operate(options) { layout in
-                try QueueControl.hold(layout, id: id)
-                return "\(id): on hold"
-            }
+        static func perform(_ store: any QueueInspection, _ id: String?) async throws -> String {
+            try await store.hold(id ?? "")
+            return "\(id ?? ""): on hold"
         }
     }
 
-    struct Release: ParsableCommand {
+    struct Release: Operation {
         static let configuration = CommandConfiguration(abstract: "Release a held or quarantined message into the queue and deliver it now.")
         @OptionGroup var options: ConfigOption
         @Argument(help: "The queue id.") var id: String
+        var target: String? { id }
 
-        func run() throws {
-            try Queue.operate(options) { layout in
-                try QueueControl.release(layout, id: id)
-                return "\(id): released"
-            }
+        static func perform(_ store: any QueueInspection, _ id: String?) async throws -> String {
+            try await store.release(id ?? "")
+            return "\(id ?? ""): released"
         }
     }
 
-    static func spool(_ config: GatewayConfig) -> (SpoolReading) {
-        SpoolReading(layout: SpoolLayout(root: config.spool))
+    /// A row of `sluice queue list --json`.
+    struct Summary: Codable {
+        var id: String
+        var state: String
+        var size: Int
+        var receivedAt: Double
+        var sender: String
+        var recipients: [String]
+
+        init(_ m: QueueListing) {
+            id = m.envelope.id
+            state = m.state.rawValue
+            size = m.envelope.size
+            receivedAt = m.envelope.receivedAt
+            sender = m.envelope.sender.description
+            recipients = m.envelope.recipients.map { "<\($0.address)>" }
+        }
     }
 
-    struct List: ParsableCommand {
+    struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List queued (and quarantined) messages.")
         @OptionGroup var options: ConfigOption
         @Flag(help: "Print JSON.") var json = false
 
-        func run() throws {
-            let config = try options.load()
-            let reading = Queue.spool(config)
-            let rows = reading.summaries()
+        func run() async throws {
+            let rows = try await Queue.store(options).list().map(Summary.init)
             if json {
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -198,20 +212,18 @@ struct Queue: ParsableCommand {
         }
     }
 
-    struct Show: ParsableCommand {
+    struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show one message: envelope and stage trace.")
         @OptionGroup var options: ConfigOption
         @Argument(help: "The queue id.") var id: String
 
-        func run() throws {
-            let config = try options.load()
-            let reading = Queue.spool(config)
-            guard let (message, state) = reading.find(id) else {
+        func run() async throws {
+            guard let found = try await Queue.store(options).show(id) else {
                 throw Failure("no message \(id) in the queue")
             }
-            let e = message.envelope
+            let e = found.envelope
             print("id: \(e.id)")
-            print("state: \(state)")
+            print("state: \(found.state.rawValue)")
             print("received: \(Date(timeIntervalSince1970: e.receivedAt).formatted(.iso8601)) from \(e.client.helo ?? "?") [\(e.client.address)]:\(e.client.port) with \(e.protocolName)")
             print("size: \(e.size)")
             print("sender: \(e.sender)\(e.senderParameters.isEmpty ? "" : " " + e.senderParameters.map(\.description).joined(separator: " "))")
@@ -226,32 +238,13 @@ struct Queue: ParsableCommand {
     }
 }
 
-/// Read-only access to the spool for the queue commands.
-struct SpoolReading {
-    let layout: SpoolLayout
-
-    struct Summary: Codable {
-        var id: String
-        var state: String
-        var size: Int
-        var receivedAt: Double
-        var sender: String
-        var recipients: [String]
-    }
-
-    func summaries() -> [Summary] {
-        SpoolFileReader.States.allCases.flatMap { state in
-            SpoolFileReader.ids(layout: layout, state: state).compactMap { try? SpoolFileReader.load(layout: layout, id: $0, state: state) }.map { m in
-                Summary(id: m.envelope.id, state: state.rawValue, size: m.envelope.size, receivedAt: m.envelope.receivedAt,
-                        sender: m.envelope.sender.description, recipients: m.envelope.recipients.map { "<\($0.address)>" })
-            }
+extension Queue.Operation {
+    func run() async throws {
+        let store = try Queue.store(options)
+        do {
+            print(try await Self.perform(store, target))
+        } catch {
+            throw Failure("\(error)")
         }
-    }
-
-    func find(_ id: String) -> (Spool.StoredMessage, String)? {
-        for state in SpoolFileReader.States.allCases {
-            if let m = try? SpoolFileReader.load(layout: layout, id: id, state: state) { return (m, state.rawValue) }
-        }
-        return nil
     }
 }

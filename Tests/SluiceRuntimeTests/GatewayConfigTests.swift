@@ -121,7 +121,7 @@ struct GatewayConfigTests {
         #expect(config.maxErrors == 5)
         #expect(config.listenerTexts == ["127.0.0.1:2525", "[::1]:2525"])
         #expect(config.routes.map(\.domains) == [["example.test", "example.org"], ["*"]])
-        #expect(config.routes.map(\.destination) == ["maildir:/etc/sluice/var/mail", "maildir:/srv/relay"])
+        #expect(config.routes.map(\.destination.description) == ["maildir:/etc/sluice/var/mail", "maildir:/srv/relay"])
         #expect(config.stages.map(\.kind) == ["access", "size-limit"])
         #expect(config.stages.map(\.name) == ["access", "limit"])
         #expect(config.stages.map(\.timeout) == [.milliseconds(500), .milliseconds(30_000)])

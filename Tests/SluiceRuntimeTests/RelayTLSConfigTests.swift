@@ -1,5 +1,6 @@
 import Foundation
 import SluiceRuntime
+import SluiceDelivery
 import SluiceSpool
 import Testing
 

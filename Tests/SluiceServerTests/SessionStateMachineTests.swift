@@ -691,7 +691,7 @@ struct RouteTableTests {
 
     func destination(_ local: String, _ domain: String, trusted: Bool = false) -> String {
         switch table.destination(for: Mailbox(localPart: local, domain: domain), trusted: trusted) {
-        case .success(let d): d
+        case .success(let d): d.description
         case .failure(let r): "\(r.code) \(r.enhancedCode?.description ?? "")"
         }
     }
@@ -714,8 +714,8 @@ struct RouteTableTests {
 
     @Test func primaryDomain() {
         #expect(table.primaryDomain == "example.test")
-        #expect(RouteTable([RouteTable.Route(domains: ["*"], destination: "x"), RouteTable.Route(domains: ["b.test"], destination: "y")]).primaryDomain == "b.test")
-        #expect(RouteTable([RouteTable.Route(domains: ["*"], destination: "x")]).primaryDomain == nil)
+        #expect(RouteTable([RouteTable.Route(domains: ["*"], destination: "maildir:/x"), RouteTable.Route(domains: ["b.test"], destination: "maildir:/y")]).primaryDomain == "b.test")
+        #expect(RouteTable([RouteTable.Route(domains: ["*"], destination: "maildir:/x")]).primaryDomain == nil)
     }
 
     @Test(arguments: ["user%elsewhere.test", "elsewhere.test!user", "user@elsewhere.test"])

@@ -1,6 +1,8 @@
 import Foundation
 import SMTPCore
 import SluicePipeline
+import SluiceStageAPI
+@testable import SluiceDelivery
 @testable import SluiceSpool
 import Testing
 
@@ -77,6 +79,23 @@ struct MaildirDeliveryTests {
         }
     }
 
+    /// Content a store hands out in chunks (not a local file) is converted the same way, a CRLF
+    /// split between two chunks included.
+    @Test func deliversChunkedContent() async throws {
+        try await withSpool { s in
+            let chunks: [[UInt8]] = [Array("Subject: chunks\r".utf8), Array("\n\r\nline\r".utf8), Array("two\r\n\r".utf8), Array("\n".utf8)]
+            let iterator = ChunkList(chunks)
+            let body = MessageBody { { await iterator.next() } }
+            let path = try await delivery.deliver(
+                .chunks(body, length: chunks.joined().count), prefix: Array("X-Top: 1\r\n".utf8), sender: .mailbox(sender),
+                recipient: recipient, root: s.root + "/mail", threadPool: s.pool
+            )
+            #expect(String(decoding: s.bytes(path), as: UTF8.self)
+                == "Return-Path: <sender@client.test>\nDelivered-To: user@example.test\nX-Top: 1\nSubject: chunks\n\nline\rtwo\n\n")
+            #expect(s.files(s.root + "/mail/example.test/user/tmp").isEmpty)
+        }
+    }
+
     @Test func everyDeliveryGetsItsOwnFile() async throws {
         try await withSpool { s in
             var paths = Set<String>()
@@ -120,4 +139,11 @@ struct MaildirDeliveryTests {
         #expect(Destination(parsing: "smtp:relay.example.test", baseDirectory: "/") == nil)
         #expect(Destination.maildir(root: "/srv/mail").description == "maildir:/srv/mail")
     }
+}
+
+/// Hands out fixed chunks one at a time.
+actor ChunkList {
+    private var chunks: [[UInt8]]
+    init(_ chunks: [[UInt8]]) { self.chunks = chunks }
+    func next() -> [UInt8]? { chunks.isEmpty ? nil : chunks.removeFirst() }
 }

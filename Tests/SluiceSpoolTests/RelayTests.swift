@@ -1,5 +1,6 @@
 import Foundation
 import SMTPCore
+@testable import SluiceDelivery
 @testable import SluiceSpool
 import Testing
 

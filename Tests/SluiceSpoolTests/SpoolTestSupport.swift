@@ -104,3 +104,11 @@ struct LoopDraft: Sendable {
     func discard() async throws { try await loop.submit { [bound] in bound.value.discard() }.get() }
     func body(from offset: Int) async throws -> MessageBody { try await loop.submit { [bound] in bound.value.body(from: offset) }.get() }
 }
+
+/// Destinations written as a route's `to` text, as the config gives them.
+extension Destination: ExpressibleByStringLiteral {
+    public init(stringLiteral text: String) {
+        guard let d = Destination(parsing: text, baseDirectory: "/") else { fatalError("not a destination: \(text)") }
+        self = d
+    }
+}

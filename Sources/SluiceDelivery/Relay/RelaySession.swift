@@ -3,6 +3,8 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import SMTPCore
+import SluiceSpool
+import SluiceStageAPI
 
 /// One client conversation with a next hop (RFC 5321 section 3, RFC 2920, RFC 2033).
 struct RelaySession {
@@ -57,25 +59,30 @@ struct RelaySession {
         reply.enhancedCode?.description == "4.4.2" && reply.lines.first?.contains(" \(greetedWith) ") == true
     }
 
+    /// EHLO, or LHLO for LMTP, with its CRLF.
+    private var helloCommand: String {
+        endpoint.isLMTP ? SMTPCommand.lhlo(client.hostname) + "\r\n" : SMTPCommand.ehlo(client.hostname).line
+    }
+
     /// Greeting and EHLO (HELO when EHLO is refused; LHLO for LMTP). Returns the offered
     /// extensions, or the outcome for every recipient when the next hop will not talk.
     mutating func handshake() async throws -> Result<[String: String], RecipientOutcomeFailure> {
         let greeting = try await readReply()
         guard greeting.code == 220 else {
-            try? await send("QUIT\r\n")
+            try? await send(SMTPCommand.quit.line)
             return .failure(.init(outcome: .deferred(SMTPReply(451, "4.4.2", "\(endpoint) \(Self.greetedWith) \(greeting)"))))
         }
-        try await send("\(endpoint.isLMTP ? "LHLO" : "EHLO") \(client.hostname)\r\n")
+        try await send(helloCommand)
         var hello = try await readReply()
         var extensions: [String: String] = [:]
         if hello.code == 250 {
             extensions = Self.extensions(hello)
         } else if !endpoint.isLMTP && hello.isPermanentFailure {
-            try await send("HELO \(client.hostname)\r\n")
+            try await send(SMTPCommand.helo(client.hostname).line)
             hello = try await readReply()
         }
         guard hello.code == 250 else {
-            try? await send("QUIT\r\n")
+            try? await send(SMTPCommand.quit.line)
             return .failure(.init(outcome: .from(hello).asDeferredUnlessPermanent))
         }
         return try await negotiateTLS(extensions)
@@ -89,7 +96,7 @@ struct RelaySession {
         let policy = client.tlsPolicy(for: endpoint)
         let offered = extensions["STARTTLS"] != nil
         func refuse(_ why: String) async -> Result<[String: String], RecipientOutcomeFailure> {
-            try? await send("QUIT\r\n")
+            try? await send(SMTPCommand.quit.line)
             return .failure(.init(outcome: .deferred(SMTPReply(451, "4.7.5", why))))
         }
         let level = policy == .verify ? "TLS with a verified certificate (tls = verify)" : "TLS"
@@ -97,7 +104,7 @@ struct RelaySession {
             if policy.demandsTLS { return await refuse("\(level) is required but \(endpoint) does not offer STARTTLS") }
             return .success(extensions)
         }
-        try await send("STARTTLS\r\n")
+        try await send(SMTPCommand.starttls.line)
         let ready = try await readReply()
         guard ready.code == 220 else {
             if policy.demandsTLS { return await refuse("\(endpoint) refused STARTTLS: \(ready)") }
@@ -108,7 +115,7 @@ struct RelaySession {
         var recorder: TLSHandshakeErrorRecorder?
         do {
             recorder = try await client.startTLS(on: watchdog.channel, endpoint: endpoint)
-            try await send("\(endpoint.isLMTP ? "LHLO" : "EHLO") \(client.hostname)\r\n")
+            try await send(helloCommand)
             let hello = try await readReply()
             guard hello.code == 250 else { return await refuse("\(endpoint) refused EHLO after STARTTLS: \(hello)") }
             tlsActive = true
@@ -159,29 +166,32 @@ struct RelaySession {
             return all(.failed(SMTPReply(554, "5.6.3", "\(endpoint) does not support 8BITMIME (RFC 6152)")))
         }
         if reset {
-            try await send("RSET\r\n")
+            try await send(SMTPCommand.rset.line)
             let r = try await readReply()
             guard r.code == 250 else { throw Failure(description: "\(endpoint) refused RSET: \(r)") }
         }
 
-        var mail = "MAIL FROM:\(message.sender)"
-        if extensions["SIZE"] != nil { mail += " SIZE=\(message.size)" }
-        if message.body == .eightBitMIME { mail += " BODY=8BITMIME" }
-        if message.smtputf8 { mail += " SMTPUTF8" }
+        var parameters = MailParameters()
+        if extensions["SIZE"] != nil { parameters.size = UInt64(message.size) }
+        if message.body == .eightBitMIME { parameters.body = .eightBitMIME }
+        parameters.smtputf8 = message.smtputf8
         // DSN (RFC 3461 5.2): the requests go on to a next hop that offers it, and it notifies.
         let dsn = extensions["DSN"] != nil
-        if dsn, let ret = message.dsnReturn { mail += " RET=\(ret.rawValue)" }
-        if dsn, let envid = message.envelopeID { mail += " ENVID=\(XText.encode(envid))" }
+        if dsn {
+            parameters.ret = message.dsnReturn
+            parameters.envelopeID = message.envelopeID
+        }
+        let mail = SMTPCommand.mail(message.sender, parameters).encoded
         let rcpts = message.recipients.indices.map { i in
             let params = dsn && i < message.recipientParameters.count ? message.recipientParameters[i] : []
-            return "RCPT TO:<\(message.recipients[i])>" + params.map { " \($0)" }.joined()
+            return SMTPCommand.rcpt(.mailbox(message.recipients[i]), params).encoded
         }
         func taken(_ reply: SMTPReply) -> RecipientOutcome {
             let outcome = RecipientOutcome.from(reply)
             if dsn, case .delivered(let r) = outcome { return .passedOn(r) }
             return outcome
         }
-        let commands = [mail] + rcpts + ["DATA"]
+        let commands = [mail] + rcpts + [SMTPCommand.data.encoded]
 
         var accepted: [Int] = []
         var dataReply: SMTPReply
@@ -211,7 +221,7 @@ struct RelaySession {
                 if r.isPositive { accepted.append(i) } else { outcomes[i] = .from(r) }
             }
             guard !accepted.isEmpty else { return }
-            try await send("DATA\r\n")
+            try await send(SMTPCommand.data.line)
             dataReply = try await readReply()
         }
         if accepted.isEmpty {
@@ -243,13 +253,13 @@ struct RelaySession {
     }
 
     mutating func quit() async {
-        try? await send("QUIT\r\n")
+        try? await send(SMTPCommand.quit.line)
         _ = try? await readReply()
     }
 
     /// Streams the content from the spool, canonical and dot-stuffed, ending with `.`.
     private mutating func sendContent(_ message: RelayMessage) async throws {
-        let reader = ChunkReader(path: message.path, position: 0, end: message.contentLength, threadPool: client.threadPool)
+        var reader = message.content.chunks(threadPool: client.threadPool).makeAsyncIterator()
         var canonical = OutboundCanonicalizer()
         var out: [UInt8] = []
         if !message.prefix.isEmpty {

@@ -6,6 +6,7 @@ import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
+import SluiceSpool
 import SluiceStageAPI
 
 /// Retry and limit settings of the queue manager (`[queue]`).
@@ -36,16 +37,17 @@ public struct QueuePolicy: Sendable {
     }
 }
 
-/// Takes queued messages out of the spool and delivers them, several at a time: into maildirs,
-/// or to next hops over SMTP/LMTP. It only reads the spool; sessions hand it queue ids after
-/// their 250 and startup recovery hands it the rest.
+/// Delivers queued messages, several at a time: into maildirs, or to next hops over SMTP/LMTP.
+/// It reaches the queue only through `QueueStore`: it takes the messages the store says are
+/// due, reads their content through it, and records there what became of each recipient.
 ///
 /// Each recipient ends delivered, deferred (retried with exponential backoff until
 /// `max_lifetime_s`) or failed. Recipients resolved while others stay deferred are recorded in
-/// `spool/state/<id>` (fsync'd) so a retry never repeats them. When all are resolved, failed
-/// ones are reported to the sender in a DSN (RFC 3464), unless the sender is `<>`.
+/// the store so a retry never repeats them. When all are resolved, failed ones are reported to
+/// the sender in a DSN (RFC 3464), unless the sender is `<>`.
 public final class DeliveryAgent: Sendable {
-    private let spool: Spool
+    private let store: any QueueStore
+    private let threadPool: NIOThreadPool
     private let maildir: MaildirDelivery
     private let relay: RelayClient
     private let mx: MXLookup
@@ -53,83 +55,31 @@ public final class DeliveryAgent: Sendable {
     private let bounces: BounceWriter
     private let logger: Logger
     private let concurrency: Int
-    private let stream: AsyncStream<String>
-    private let input: AsyncStream<String>.Continuation
-    private let attempts = Mutex<[String: Int]>([:])
 
-    /// - Parameter route: the destination for a bounce's recipient (the original sender), if any route takes it.
+    /// - Parameters:
+    ///   - threadPool: runs the blocking calls of maildir delivery.
+    ///   - route: the destination for a bounce's recipient (the original sender), if any route takes it.
     public init(
-        spool: Spool, hostname: String, relay: RelayClient, policy: QueuePolicy, concurrency: Int = 32,
-        resolver: any DNSResolver = NoResolver(), route: @escaping @Sendable (Mailbox) -> String?, logger: Logger
+        store: any QueueStore, threadPool: NIOThreadPool, hostname: String, relay: RelayClient, policy: QueuePolicy, concurrency: Int = 32,
+        resolver: any DNSResolver = NoResolver(), route: @escaping @Sendable (Mailbox) -> Destination?, logger: Logger
     ) {
-        self.spool = spool
+        self.store = store
+        self.threadPool = threadPool
         self.mx = MXLookup(resolver: resolver)
         self.maildir = MaildirDelivery(hostname: hostname)
         self.relay = relay
         self.policy = policy
-        self.bounces = BounceWriter(spool: spool, hostname: hostname, returnLimit: policy.bounceSizeLimit, route: route)
+        self.bounces = BounceWriter(store: store, threadPool: threadPool, hostname: hostname, returnLimit: policy.bounceSizeLimit, route: route)
         self.logger = logger
         self.concurrency = max(1, concurrency)
-        (stream, input) = AsyncStream<String>.makeStream()
     }
 
-    /// Schedules a queued message for delivery.
-    public func enqueue(_ id: String) { input.yield(id) }
-
-    /// A deferred message waiting for its next attempt.
-    private struct Retry {
-        var task: Task<Void, Never>
-        /// Domains of the recipients still deferred (for ETRN).
-        var domains: Set<String>
-    }
-    private let retries = Mutex<[String: Retry]>([:])
-
-    private func scheduleRetry(_ id: String, after delay: Duration, domains: Set<String>) {
-        let task = Task {
-            try? await Task.sleep(for: delay)
-            guard !Task.isCancelled else { return }
-            if self.retries.withLock({ $0.removeValue(forKey: id) }) != nil { self.enqueue(id) }
-        }
-        retries.withLock { $0[id] = Retry(task: task, domains: domains) }
-    }
-
-    /// Attempts deferred messages now (`sluice queue flush`): all of them, or one by id (which may
-    /// also be a message just released from hold). Returns how many were started.
-    @discardableResult
-    public func flush(_ id: String? = nil) -> Int {
-        let due: [String] = retries.withLock { r in
-            let ids = id.map { r[$0] == nil ? [] : [$0] } ?? Array(r.keys)
-            for i in ids { r.removeValue(forKey: i)?.task.cancel() }
-            return ids
-        }
-        for i in due { enqueue(i) }
-        if let id, due.isEmpty, FileIO.exists(spool.layout.queueFile(id)) {
-            enqueue(id)
-            return 1
-        }
-        return due.count
-    }
-
-    /// ETRN (RFC 1985): attempts now the deferred messages with a recipient in `domain`.
-    /// Returns how many were started.
-    public func flush(domain: String) -> Int {
-        let wanted = domain.lowercased()
-        let due: [String] = retries.withLock { r in
-            let ids = r.filter { $0.value.domains.contains(wanted) }.map(\.key)
-            for i in ids { r.removeValue(forKey: i)?.task.cancel() }
-            return ids
-        }
-        for i in due { enqueue(i) }
-        return due.count
-    }
-
-    /// Stops taking new work; `run()` returns once deliveries in flight are done.
-    public func finish() { input.finish() }
-
+    /// Delivers due messages until the store's `due` sequence ends (`QueueStore.finish()`),
+    /// then waits for deliveries in flight.
     public func run() async {
         await withTaskGroup(of: Void.self) { group in
             var inFlight = 0
-            for await id in stream {
+            for await id in store.due {
                 if inFlight >= concurrency {
                     await group.next()
                     inFlight -= 1
@@ -141,66 +91,56 @@ public final class DeliveryAgent: Sendable {
         }
     }
 
+    /// Recipients that go out together: one destination, and for `mx` one recipient domain.
+    private struct Hop: Hashable {
+        var destination: Destination
+        var domain: String?
+    }
+
     private func deliver(_ id: String) async {
-        let spool = self.spool
-        let message: Spool.StoredMessage
-        let resolved: [Int: DeliveryState.Resolution]
+        let message: QueuedMessage
         do {
-            (message, resolved) = try await spool.threadPool.runIfActive {
-                (try spool.load(id), try DeliveryState.load(spool.layout, id))
-            }
-        } catch SpoolError.notFound {
-            attempts.withLock { _ = $0.removeValue(forKey: id) }
-            return
+            guard let claimed = try await store.claim(id) else { return }
+            message = claimed
         } catch {
             logger.error("cannot read queued message", metadata: ["queue_id": "\(id)", "error": "\(error)"])
             return
         }
         let envelope = message.envelope
         var outcomes: [Int: RecipientOutcome] = [:]
-        let pending = envelope.recipients.indices.filter { resolved[$0] == nil }
-        var byDestination: [String: [Int]] = [:]
-        for i in pending {
+        var byHop: [Hop: [Int]] = [:]
+        for i in envelope.recipients.indices where message.resolved[i] == nil {
             let r = envelope.recipients[i]
             // An MX route delivers per recipient domain.
-            let key = r.destination == "mx" ? "mx:\(r.address.normalizedDomain)" : r.destination
-            byDestination[key, default: []].append(i)
+            let hop = Hop(destination: r.destination, domain: r.destination == .mx ? r.address.normalizedDomain : nil)
+            byHop[hop, default: []].append(i)
         }
-
+        let content = store.content(of: message)
         await withTaskGroup(of: [(Int, RecipientOutcome)].self) { group in
-            for (text, indices) in byDestination {
+            for (hop, indices) in byHop {
                 group.addTask {
-                    await self.deliver(message, indices: indices, destinationText: text)
+                    await self.deliver(message, content: content, indices: indices, to: hop)
                 }
             }
             for await results in group {
                 for (i, outcome) in results { outcomes[i] = outcome }
             }
         }
-        await settle(message, resolved: resolved, outcomes: outcomes)
+        await settle(message, outcomes: outcomes)
     }
 
-    /// Delivers the recipients `indices` that share one destination.
-    private func deliver(_ message: Spool.StoredMessage, indices: [Int], destinationText: String) async -> [(Int, RecipientOutcome)] {
+    /// Delivers the recipients `indices` that share one next hop.
+    private func deliver(_ message: QueuedMessage, content: MessageContent, indices: [Int], to hop: Hop) async -> [(Int, RecipientOutcome)] {
         let envelope = message.envelope
-        if destinationText.hasPrefix("mx:") {
-            return await deliverToMX(message, indices: indices, domain: String(destinationText.dropFirst(3)))
-        }
-        guard let destination = Destination(parsing: destinationText, baseDirectory: "/") else {
-            let reply = SMTPReply(554, "5.3.5", "unknown destination \(destinationText)")
-            return indices.map { ($0, .failed(reply)) }
-        }
-        switch destination {
+        switch hop.destination {
         case .maildir(let root):
-            let maildir = self.maildir
             var results: [(Int, RecipientOutcome)] = []
             for i in indices {
-                let recipient = envelope.recipients[i].address
                 do {
-                    _ = try await spool.threadPool.runIfActive {
-                        try maildir.deliver(spoolPath: message.path, contentLength: message.contentLength, prefix: message.prefix,
-                                            sender: envelope.sender, recipient: recipient, root: root)
-                    }
+                    try await maildir.deliver(
+                        content, prefix: message.prefix, sender: envelope.sender, recipient: envelope.recipients[i].address,
+                        root: root, threadPool: threadPool
+                    )
                     results.append((i, .delivered(SMTPReply(250, "2.0.0", "delivered to maildir"))))
                 } catch {
                     results.append((i, .deferred(SMTPReply(451, "4.3.0", "maildir delivery failed: \(error)"))))
@@ -208,19 +148,19 @@ public final class DeliveryAgent: Sendable {
             }
             return results
         case .relay(let endpoint):
-            let relayMessage = Self.relayMessage(message, indices)
+            let relayMessage = Self.relayMessage(message, content: content, indices)
             return Array(zip(indices, await relay.deliver(relayMessage, to: endpoint)))
         case .mx:
-            return await deliverToMX(message, indices: indices, domain: envelope.recipients[indices[0]].address.normalizedDomain)
+            return await deliverToMX(message, content: content, indices: indices, domain: hop.domain ?? envelope.recipients[indices[0]].address.normalizedDomain)
         }
     }
 
     /// The recipients `indices` of a queued message as one relay transaction.
-    static func relayMessage(_ message: Spool.StoredMessage, _ indices: [Int]) -> RelayMessage {
+    static func relayMessage(_ message: QueuedMessage, content: MessageContent, _ indices: [Int]) -> RelayMessage {
         let envelope = message.envelope
         var relay = RelayMessage(
             sender: envelope.sender, recipients: indices.map { envelope.recipients[$0].address },
-            path: message.path, contentLength: message.contentLength, prefix: message.prefix,
+            content: content, prefix: message.prefix,
             body: envelope.body, smtputf8: envelope.smtputf8
         )
         relay.dsnReturn = envelope.dsnReturn
@@ -233,14 +173,14 @@ public final class DeliveryAgent: Sendable {
 
     /// Tries the domain's mail hosts in order; the next one only when a host cannot be reached
     /// or greets with an error (RFC 5321 5.1), as Postfix does.
-    private func deliverToMX(_ message: Spool.StoredMessage, indices: [Int], domain: String) async -> [(Int, RecipientOutcome)] {
+    private func deliverToMX(_ message: QueuedMessage, content: MessageContent, indices: [Int], domain: String) async -> [(Int, RecipientOutcome)] {
         switch await mx.targets(for: domain) {
         case .failed(let reply):
             return indices.map { ($0, .failed(reply)) }
         case .deferred(let reply):
             return indices.map { ($0, .deferred(reply)) }
         case .hosts(let hosts):
-            let relayMessage = Self.relayMessage(message, indices)
+            let relayMessage = Self.relayMessage(message, content: content, indices)
             var last: [RecipientOutcome] = []
             for host in hosts {
                 for address in host.addresses {
@@ -268,7 +208,7 @@ public final class DeliveryAgent: Sendable {
     }
 
     /// Records the attempt: finishes the message (with a bounce when needed) or schedules a retry.
-    private func settle(_ message: Spool.StoredMessage, resolved: [Int: DeliveryState.Resolution], outcomes: [Int: RecipientOutcome]) async {
+    private func settle(_ message: QueuedMessage, outcomes: [Int: RecipientOutcome]) async {
         let envelope = message.envelope
         let id = envelope.id
         var outcomes = outcomes
@@ -294,56 +234,42 @@ public final class DeliveryAgent: Sendable {
         let successes = outcomes.sorted(by: { $0.key < $1.key }).compactMap { i, o -> DeliveryReport.Entry? in
             let recipient = envelope.recipients[i]
             guard case .delivered(let r) = o, Self.wants(.success, recipient) else { return nil }
-            let final = recipient.destination.hasPrefix("maildir:") || recipient.destination.hasPrefix("lmtp")
-            return DeliveryReport.Entry(recipient: recipient, reply: r, action: final ? .delivered : .relayed)
+            return DeliveryReport.Entry(recipient: recipient, reply: r, action: recipient.destination.isFinal ? .delivered : .relayed)
         }
-        let spool = self.spool
-        let bounces = self.bounces
         do {
             if stillDeferred {
-                let newly: [(Int, DeliveryState.Resolution)] = outcomes.compactMap { i, o -> (Int, DeliveryState.Resolution)? in
+                let newly: [(Int, RecipientResolution)] = outcomes.sorted(by: { $0.key < $1.key }).compactMap { i, o -> (Int, RecipientResolution)? in
                     switch o {
                     case .delivered, .passedOn: (i, .delivered)
                     case .failed(let r): (i, .failed(r))
                     case .deferred: nil
                     }
                 }
-                var record = newly
                 var notice = successes
-                if policy.delayWarning > 0, age >= policy.delayWarning, resolved[DeliveryState.warnedKey] == nil,
-                   case .mailbox = envelope.sender {
+                var warned = false
+                if policy.delayWarning > 0, age >= policy.delayWarning, !message.warned, case .mailbox = envelope.sender {
                     notice += outcomes.sorted(by: { $0.key < $1.key }).compactMap { i, o -> DeliveryReport.Entry? in
                         guard case .deferred(let r) = o, Self.wants(.delay, envelope.recipients[i]) else { return nil }
                         return DeliveryReport.Entry(recipient: envelope.recipients[i], reply: r, action: .delayed)
                     }
-                    record.append((DeliveryState.warnedKey, .delivered))
+                    warned = true
                 }
-                let entries = notice
-                let noticeID = try await spool.threadPool.runIfActive { try bounces.write(for: message, entries: entries) }
-                if !record.isEmpty {
-                    let entries = record
-                    try await spool.threadPool.runIfActive { try DeliveryState.append(spool.layout, id, entries) }
-                }
-                if let noticeID {
+                if let noticeID = try await bounces.write(for: message, content: store.content(of: message), entries: notice) {
                     logger.info("delivery notice queued", metadata: ["queue_id": "\(id)", "notice_id": "\(noticeID)"])
-                    enqueue(noticeID)
                 }
-                let n = attempts.withLock { a -> Int in
-                    a[id, default: 0] += 1
-                    return a[id]!
-                }
-                let delay = policy.backoff(attempt: n)
+                try await store.record(message, newly, warned: warned)
+                let delay = policy.backoff(attempt: message.attempts + 1)
                 logger.notice("deferred", metadata: ["queue_id": "\(id)", "retry_in": "\(delay)"])
                 let domains = Set(envelope.recipients.indices.filter { outcomes[$0].map { if case .deferred = $0 { true } else { false } } ?? false }
                     .map { envelope.recipients[$0].address.normalizedDomain })
-                scheduleRetry(id, after: delay, domains: domains)
+                store.retry(message, after: delay, domains: domains)
                 return
             }
             var failed: [DeliveryReport.Entry] = []
             var unreported = 0
             for (i, recipient) in envelope.recipients.enumerated() {
                 var reply: SMTPReply?
-                if case .failed(let r) = resolved[i] { reply = r }
+                if case .failed(let r) = message.resolved[i] { reply = r }
                 if case .failed(let r) = outcomes[i] { reply = r }
                 guard let reply else { continue }
                 if Self.wants(.failure, recipient) {
@@ -352,29 +278,21 @@ public final class DeliveryAgent: Sendable {
                     unreported += 1
                 }
             }
-            let failures = failed
             let entries = failed + successes
-            let bounceID = try await spool.threadPool.runIfActive { () throws -> String? in
-                let bounceID = try bounces.write(for: message, entries: entries)
-                try CrashPoint.reached(.delivered)
-                try spool.remove(id)
-                try DeliveryState.remove(spool.layout, id)
-                return bounceID
-            }
-            attempts.withLock { _ = $0.removeValue(forKey: id) }
+            let bounceID = try await bounces.write(for: message, content: store.content(of: message), entries: entries)
+            try await store.complete(message)
             if let bounceID {
-                let what = failures.isEmpty ? "delivery notice queued" : "bounce queued"
+                let what = failed.isEmpty ? "delivery notice queued" : "bounce queued"
                 logger.info("\(what)", metadata: ["queue_id": "\(id)", "bounce_id": "\(bounceID)", "to": "\(envelope.sender)"])
-                enqueue(bounceID)
             } else if !entries.isEmpty {
-                logger.notice(failures.isEmpty ? "delivery notice not sent" : "failed recipients not reported", metadata: ["queue_id": "\(id)", "reason": "null sender or no route to the sender"])
+                logger.notice(failed.isEmpty ? "delivery notice not sent" : "failed recipients not reported", metadata: ["queue_id": "\(id)", "reason": "null sender or no route to the sender"])
             }
             if unreported > 0 {
                 logger.info("failed recipients not reported", metadata: ["queue_id": "\(id)", "count": "\(unreported)", "reason": "NOTIFY did not ask for failures"])
             }
         } catch {
             logger.error("delivery bookkeeping failed, will retry", metadata: ["queue_id": "\(id)", "error": "\(error)"])
-            scheduleRetry(id, after: policy.minBackoff, domains: Set(envelope.recipients.map(\.address.normalizedDomain)))
+            store.retry(message, after: policy.minBackoff, domains: Set(envelope.recipients.map(\.address.normalizedDomain)))
         }
     }
 }

@@ -1,4 +1,5 @@
 import SMTPCore
+import SluiceSpool
 #if canImport(Glibc)
 import Glibc
 #endif

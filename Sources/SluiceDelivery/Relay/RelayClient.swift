@@ -3,15 +3,15 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import SMTPCore
+import SluiceSpool
 import Synchronization
 
 /// One message for one next hop: the envelope part going there and where the content lies.
 public struct RelayMessage: Sendable {
     public var sender: ReversePath
     public var recipients: [Mailbox]
-    /// The queue file; the content is its first `contentLength` octets.
-    public var path: String
-    public var contentLength: Int
+    /// The content, as the queue store gives it.
+    public var content: MessageContent
     public var body: BodyType?
     public var smtputf8: Bool
     /// DSN requests (RFC 3461), passed on when the next hop offers DSN: MAIL's RET and ENVID
@@ -23,17 +23,16 @@ public struct RelayMessage: Sendable {
     /// Header fields sent before the content (CRLF lines).
     public var prefix: [UInt8]
     /// What SIZE announces: prefix and content.
-    public var size: Int { prefix.count + contentLength }
+    public var size: Int { prefix.count + content.length }
 
     public init(
-        sender: ReversePath, recipients: [Mailbox], path: String, contentLength: Int, prefix: [UInt8] = [],
+        sender: ReversePath, recipients: [Mailbox], content: MessageContent, prefix: [UInt8] = [],
         body: BodyType?, smtputf8: Bool
     ) {
         self.prefix = prefix
         self.sender = sender
         self.recipients = recipients
-        self.path = path
-        self.contentLength = contentLength
+        self.content = content
         self.body = body
         self.smtputf8 = smtputf8
     }
@@ -68,31 +67,6 @@ public enum RecipientOutcome: Sendable, Hashable, CustomStringConvertible {
 
     static func from(_ reply: SMTPReply) -> RecipientOutcome {
         reply.isPositive ? .delivered(reply) : reply.isTransientFailure ? .deferred(reply) : .failed(reply)
-    }
-}
-
-/// Where the relay client connects.
-public enum RelayEndpoint: Sendable, Hashable, CustomStringConvertible {
-    case smtp(host: String, port: Int)
-    case lmtp(host: String, port: Int)
-    case lmtpUnix(path: String)
-    /// A mail host an `mx` route found: reached at `address`; under `tls = "verify"` its
-    /// certificate must name `name`, the MX host name from DNS (as Postfix's verify level does).
-    case mailHost(name: String, address: String, port: Int)
-
-    var isLMTP: Bool {
-        switch self {
-        case .smtp, .mailHost: false
-        case .lmtp, .lmtpUnix: true
-        }
-    }
-
-    public var description: String {
-        switch self {
-        case .smtp(let h, let p), .mailHost(_, let h, let p): "smtp://\(h):\(p)"
-        case .lmtp(let h, let p): "lmtp://\(h):\(p)"
-        case .lmtpUnix(let path): "lmtp:unix:\(path)"
-        }
     }
 }
 
