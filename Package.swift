@@ -54,8 +54,10 @@ let package = Package(
             "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceDNS",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        /// The message vocabulary: header fields and sections, bodies, trace entries.
+        .target(name: "SluiceMessage"),
         .target(name: "SluiceStageAPI", dependencies: [
-            "SMTPCore",
+            "SMTPCore", "SluiceMessage",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "SluicePipeline", dependencies: [
@@ -64,7 +66,7 @@ let package = Package(
         ]),
         /// The durable queue: drafts, commits, recovery, and the `QueueStore` seam.
         .target(name: "SluiceSpool", dependencies: [
-            "SMTPCore", "SluiceStageAPI", "SluicePipeline",
+            "SMTPCore", "SluiceMessage",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
@@ -72,7 +74,7 @@ let package = Package(
         /// Delivery: the scheduler and the transports (maildir, SMTP/LMTP relay, MX), bounces and
         /// notices; it reaches the queue only through `QueueStore`.
         .target(name: "SluiceDelivery", dependencies: [
-            "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceSpool",
+            "SMTPCore", "SluiceMessage", "SluiceStageAPI", "SluiceSpool",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -90,7 +92,7 @@ let package = Package(
             "SMTPCore", "SluiceStageAPI", "CSPF2", "COpenDKIM", "COpenDMARC", "CDKIMKeyCache",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
-        ]),
+        ], plugins: ["StageRegistration"]),
         .target(name: "SluiceRuntime", dependencies: [
             "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceSpool", "SluiceDelivery", "SluiceServer", "SluiceStages", "SluiceDNS", "LocalStages",
             .product(name: "NIOCore", package: "swift-nio"),
@@ -131,7 +133,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "SluiceStagesTests", dependencies: [
-            "SluiceStages", "SluiceStageAPI", "SMTPCore", "SluiceDNS", "CDKIMKeyCache",
+            "SluiceStages", "SluiceStageAPI", "SMTPCore", "SluiceDNS", "CDKIMKeyCache", "SluiceStageTesting", "SluicePipeline",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "SluiceMilterServerTests", dependencies: [

@@ -1,8 +1,7 @@
 import NIOPosix
 import SMTPCore
-import SluicePipeline
+import SluiceMessage
 import SluiceSpool
-import SluiceStageAPI
 #if canImport(Glibc)
 import Glibc
 #endif

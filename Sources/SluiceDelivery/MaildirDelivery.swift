@@ -1,7 +1,7 @@
 import NIOPosix
 import SMTPCore
 import SluiceSpool
-import SluiceStageAPI
+import SluiceMessage
 import Synchronization
 #if canImport(Glibc)
 import Glibc

@@ -2,7 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import SMTPCore
-import SluiceStageAPI
+import SluiceMessage
 
 /// The durable queue as the rest of the gateway sees it: the only thing the receiving and the
 /// delivering sides share. Sessions write drafts into it and announce what they committed;

@@ -1,8 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
-import SluicePipeline
-import SluiceStageAPI
+import SluiceMessage
 import Synchronization
 #if canImport(Glibc)
 import Glibc

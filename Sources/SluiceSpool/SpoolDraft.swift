@@ -1,8 +1,7 @@
 import NIOCore
 import NIOPosix
 import Synchronization
-import SluicePipeline
-import SluiceStageAPI
+import SluiceMessage
 #if canImport(Glibc)
 import Glibc
 #endif

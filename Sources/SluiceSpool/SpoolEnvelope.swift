@@ -1,6 +1,5 @@
 import SMTPCore
-import SluicePipeline
-import SluiceStageAPI
+import SluiceMessage
 
 /// Everything the spool keeps about a message besides its content: the envelope, where it
 /// came from, and what each stage did. Stored as JSON after the content in the queue file.

@@ -1,6 +1,6 @@
 import NIOCore
 import NIOPosix
-import SluiceStageAPI
+import SluiceMessage
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,5 +1,6 @@
 import Foundation
 import SluicePipeline
+import SluiceStageAPI
 import Testing
 
 @Suite("TraceEntry")

@@ -4,7 +4,7 @@ import NIOPosix
 import NIOSSL
 import SMTPCore
 import SluiceSpool
-import SluiceStageAPI
+import SluiceMessage
 
 /// One client conversation with a next hop (RFC 5321 section 3, RFC 2920, RFC 2033).
 struct RelaySession {

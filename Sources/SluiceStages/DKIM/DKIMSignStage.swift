@@ -159,13 +159,9 @@ public struct DKIMSignStage: Stage {
         return StageDecision(.continue, edits: edits.reversed())
     }
 
-    /// The address domain of a From field value (the last `@` before an optional `>`).
+    /// The address domain of a From field value (its first address; RFC 5322 3.4).
     static func fromDomain(_ value: String) -> String? {
-        var v = Substring(value)
-        if let lt = v.lastIndex(of: "<"), let gt = v[lt...].firstIndex(of: ">") { v = v[v.index(after: lt)..<gt] }
-        guard let at = v.lastIndex(of: "@") else { return nil }
-        let domain = v[v.index(after: at)...].trimmingCharacters(in: " \t>")
-        return domain.isEmpty ? nil : domain
+        HeaderAddress.parseList(value).first?.domain
     }
 
     /// One signature's field value (without the `DKIM-Signature:` name), for a message in memory.

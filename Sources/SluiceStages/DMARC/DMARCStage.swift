@@ -159,48 +159,9 @@ public struct DMARCStage: Stage {
         }
     }
 
-    /// Address domains in a From field value (RFC 5322 3.4 mailbox-list / group): quoted
-    /// strings and comments (with quoted pairs, nested comments) are skipped, a group's display
-    /// name and its ";" are not addresses.
+    /// Address domains in a From field value (RFC 5322 3.4 mailbox-list / group).
     static func domains(in value: String) -> [String] {
-        var out: [String] = []
-        var current = ""
-        var chars = Array(value)[...]
-        func flush() {
-            out += domain(of: current).map { [$0] } ?? []
-            current = ""
-        }
-        while let c = chars.popFirst() {
-            switch c {
-            case "\"":
-                // A quoted string: skipped whole, escapes included.
-                while let q = chars.popFirst(), q != "\"" { if q == "\\" { _ = chars.popFirst() } }
-                current.append(" ")
-            case "(":
-                var depth = 1
-                while depth > 0, let q = chars.popFirst() {
-                    if q == "\\" { _ = chars.popFirst() } else if q == "(" { depth += 1 } else if q == ")" { depth -= 1 }
-                }
-                current.append(" ")
-            case ":":
-                // "display-name :" starts a group unless inside an angle address (a source route).
-                if current.contains("<") { current.append(c) } else { current = "" }
-            case ";", ",":
-                if current.contains("<") && !current.contains(">") { current.append(c) } else { flush() }
-            default:
-                current.append(c)
-            }
-        }
-        flush()
-        return out
-    }
-
-    private static func domain(of mailbox: String) -> String? {
-        var m = Substring(mailbox)
-        if let lt = m.lastIndex(of: "<"), let gt = m[lt...].firstIndex(of: ">") { m = m[m.index(after: lt)..<gt] }
-        guard let at = m.lastIndex(of: "@") else { return nil }
-        let d = m[m.index(after: at)...].filter { !$0.isWhitespace && $0 != ">" && $0 != ";" }
-        return d.isEmpty ? nil : String(d)
+        HeaderAddress.parseList(value).map(\.domain)
     }
 }
 

@@ -1,5 +1,3 @@
-import SluiceStageAPI
-
 /// One line of a message's stage trace: what a stage decided at a phase and how long it took.
 /// Stored with the spooled message and shown by `sluice queue show`.
 public struct TraceEntry: Sendable, Hashable, CustomStringConvertible {
@@ -45,21 +43,5 @@ extension TraceEntry: Codable {
         try list.encode(phase)
         try list.encode(outcome)
         try list.encode(micros)
-    }
-}
-
-extension [TraceEntry] {
-    /// Appends `entries`, folding a data-phase `continue` into the same stage's earlier one
-    /// (its time added), so a long message's body chunks make one line per stage, not one per
-    /// chunk.
-    public mutating func appendFoldingData(_ entries: [TraceEntry]) {
-        for entry in entries {
-            if entry.phase == StagePhase.data.rawValue, entry.outcome == "continue",
-               let i = lastIndex(where: { $0.phase == entry.phase && $0.stage == entry.stage && $0.outcome == entry.outcome }) {
-                self[i].micros += entry.micros
-            } else {
-                append(entry)
-            }
-        }
     }
 }

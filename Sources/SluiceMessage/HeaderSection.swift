@@ -1,5 +1,3 @@
-import SluiceStageAPI
-
 /// The header section of a message (RFC 5322 section 2.1): fields up to the first empty line.
 public struct HeaderSection: Sendable, Hashable {
     public var fields: [HeaderField]
