@@ -367,15 +367,12 @@ final class MilterServerSession {
     /// One line per message.
     private func logTransaction(result: String, recipients: [Recipient]? = nil, operations: [MilterOperation] = []) {
         guard let tx = transaction else { return }
-        logger.info("transaction", metadata: [
-            "queue_id": "\(tx.info.queueID)",
-            "helo": "\(session.heloName ?? "")",
-            "from": "\(tx.info.sender)",
-            "to": "\((recipients ?? tx.info.recipients).map(\.description).joined(separator: ","))",
-            "size": "\(tx.size)",
-            "stages": "\((sessionTrace + tx.trace).map(\.description).joined(separator: "; "))",
-            "edits": "\(operations.map(\.description).joined(separator: "; "))",
-            "result": "\(result)",
-        ])
+        var metadata = TransactionLog.metadata(
+            queueID: tx.info.queueID, helo: session.heloName, sender: tx.info.sender, recipients: recipients ?? tx.info.recipients,
+            size: tx.size, trace: sessionTrace + tx.trace
+        )
+        metadata["edits"] = "\(operations.map(\.description).joined(separator: "; "))"
+        metadata["result"] = "\(result)"
+        logger.info("transaction", metadata: metadata)
     }
 }

@@ -90,7 +90,7 @@ public final class Gateway: Sendable {
         session.hasFreeSpace = { queue.hasFreeSpace() }
         if let senderLogin { session.senderLogin = { senderLogin.allows(user: $0, sender: $1) } }
         if let failures = auth?.failures { session.authBlocked = { failures.count($0) >= failures.maxFailures } }
-        if !config.etrnFrom.isEmpty { session.etrn = { queue.flush(domain: $0) } }
+        session.offersETRN = !config.etrnFrom.isEmpty
         var smtpLogger = logger
         smtpLogger[metadataKey: "component"] = "smtpd"
         let context = ServerContext(

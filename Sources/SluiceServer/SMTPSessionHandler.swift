@@ -41,16 +41,10 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     private var clientAddress = "?"
     private var shutdownRequested = false
 
-    // The message being received.
+    /// The message being received (what the session knows of it is in `machine`).
     private var draft: (any QueueDraft)?
-    private var dataSize = 0
-    private var storeChunk = true
+    /// The size of the BDAT chunk being read, for its 250.
     private var bdatChunkSize: UInt64 = 0
-    private var dataVerdict: StageVerdict = .continue
-    private var dataHeaderBuffer: [UInt8] = []
-    private var dataHeadersSent = false
-    private var trace: [TraceEntry] = []
-    private var sessionTrace: [TraceEntry] = []
 
     // Timers.
     private var lastActivity = NIODeadline.now()
@@ -74,36 +68,12 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        let remote = context.channel.remoteAddress
-        let local = context.channel.localAddress
-        clientAddress = remote?.ipAddress ?? "?"
-        var clientPort = remote?.port ?? 0
-        var serverAddress = local?.ipAddress ?? "?"
-        var serverPort = local?.port ?? 0
-        if let client = proxied?.client {
-            clientAddress = IPAddress(client.address).map { "\($0)" } ?? client.address
-            clientPort = client.port
-        }
-        if let server = proxied?.server {
-            serverAddress = IPAddress(server.address).map { "\($0)" } ?? server.address
-            serverPort = server.port
-        }
-        let sessionID = server.session.makeQueueID()
-        logger[metadataKey: "session"] = "\(sessionID)"
-        logger[metadataKey: "client"] = "\(clientAddress)"
-        let trusted = server.relayFrom.contains { $0.contains(clientAddress) }
-        let info = SessionInfo(
-            id: sessionID, clientAddress: clientAddress, clientPort: clientPort,
-            serverAddress: serverAddress, serverPort: serverPort,
-            serverHostname: server.session.hostname, trustedClient: trusted
+        let (machine, sessionLogger) = server.makeSession(
+            remote: context.channel.remoteAddress, local: context.channel.localAddress, proxied: proxied, listener: listener
         )
-        let etrnAllowed = server.etrnFrom.contains { $0.contains(clientAddress) }
-        let policy = SessionStateMachine.ListenerPolicy(
-            startTLS: server.tls != nil && listener.kind != .smtps, implicitTLS: listener.kind == .smtps,
-            auth: server.auth != nil && (listener.kind != .smtp || server.auth!.offerOnSMTP),
-            requireAuth: listener.requiresAuth
-        )
-        machine = SessionStateMachine(configuration: server.session, session: info, etrnAllowed: etrnAllowed, policy: policy)
+        self.machine = machine
+        clientAddress = machine.session.clientAddress
+        logger = sessionLogger
 
         guard server.tracker.open(clientAddress) else {
             logger.notice("connection refused: too many connections")
@@ -219,19 +189,17 @@ final class SMTPSessionHandler: ChannelInboundHandler {
             perform(action)
         case .commandTooLong:
             perform(machine.commandLine(nil, pipelinedInput: false, shuttingDown: shutdownRequested))
-        case .dataChunk(let chunk):
+        case .dataChunk(let chunk), .bdatChunk(let chunk):
             receive(chunk)
         case .dataEnd:
-            finishDataPhase { $0.perform($0.machine.dataFinished($0.outcome)) }
-        case .bdatChunk(let chunk):
-            if storeChunk { receive(chunk) }
+            endOfData { $0.perform($0.machine.dataFinished(flags: $0.framer.flags)) }
         case .bdatEnd:
-            guard storeChunk && isLastChunk else {
-                perform(machine.bdatChunkRead(chunkSize: bdatChunkSize, outcome: outcome))
+            guard machine.readingLastStoredChunk else {
+                perform(machine.bdatChunkRead(chunkSize: bdatChunkSize, flags: framer.flags))
                 break
             }
             framer.finishBDATMessage()
-            finishDataPhase { $0.perform($0.machine.bdatChunkRead(chunkSize: $0.bdatChunkSize, outcome: $0.outcome)) }
+            endOfData { $0.perform($0.machine.bdatChunkRead(chunkSize: $0.bdatChunkSize, flags: $0.framer.flags)) }
         }
         // A transaction that ended (RSET, refusal, new HELO) leaves no temp file behind.
         if draft != nil && machine.transaction == nil {
@@ -240,83 +208,40 @@ final class SMTPSessionHandler: ChannelInboundHandler {
         }
     }
 
-    private var isLastChunk = false
-
-    private var outcome: SessionStateMachine.DataOutcome {
-        SessionStateMachine.DataOutcome(size: dataSize, flags: framer.flags, stageVerdict: dataVerdict)
-    }
-
-    /// Stores a chunk of message data (unless the message is already too big) and feeds data-phase stages.
+    /// Stores a chunk of message data and gives data-phase stages what the session says they get.
     private func receive(_ chunk: ByteBuffer) {
-        dataSize += chunk.readableBytes
-        guard dataSize <= server.session.maxMessageBytes, let draft else { return }
+        let plan = machine.dataChunk(chunk.readableBytesView)
+        guard plan.store, let draft else { return }
         draft.append(chunk)
-        let feeding: Bool
-        if server.chain.hooks(.data), case .continue = dataVerdict { feeding = true } else { feeding = false }
-        guard draft.shouldFlush else {
-            if feeding { feedDataStages(chunk) }
-            return
-        }
+        guard draft.shouldFlush else { return feed(plan.feed, chunk) }
         // What is pending goes to disk before more is read, then (if they run) to data-phase
         // stages: memory stays bounded whether or not stages read the data.
         wait(draft.flush()) { handler, result in
             if case .failure(let error) = result {
                 handler.logger.error("spool write failed", metadata: ["error": "\(error)"])
-                handler.dataVerdict = .tempfail(451, "4.3.0", "Error: queue file write error")
+                handler.machine.draftFailed()
                 handler.draft = nil
-            } else if feeding, case .continue = handler.dataVerdict {
-                handler.feedDataStages(chunk)
+            } else {
+                handler.feed(plan.feed, chunk)
             }
         }
     }
 
-    /// The data phase: the header section once complete, then each body chunk.
-    private func feedDataStages(_ chunk: ByteBuffer) {
-        guard let session = machine?.session, let tx = machine.transactionInfo else { return }
-        if !dataHeadersSent {
-            dataHeaderBuffer += chunk.readableBytesView
-            let section = HeaderSection.parse(dataHeaderBuffer)
-            guard section.complete || dataHeaderBuffer.count > SpoolDraft.headerPrefixLimit else { return }
-            sendHeaderSection(section, session: session, transaction: tx) { _ in }
-            return
-        }
-        let (chain, bodyChunk) = (server.chain, Array(chunk.readableBytesView))
-        runAsync({ await chain.bodyChunk(bodyChunk, session: session, transaction: tx) }) { handler, result in
-            handler.trace.appendFoldingData(result.trace)
-            handler.dataVerdict = result.verdict
-        }
-    }
-
-    /// The last byte of the message has arrived. A header section that never met its empty line
-    /// (a message with no body, which RFC 5322 allows) reaches the data phase now, so
-    /// data-phase stages judge it like any other message.
-    private func finishDataPhase(_ then: @escaping (SMTPSessionHandler) -> Void) {
-        guard !dataHeadersSent, draft != nil, dataSize <= server.session.maxMessageBytes, server.chain.hooks(.data),
-              case .continue = dataVerdict, let session = machine?.session, let tx = machine.transactionInfo
-        else { return then(self) }
-        sendHeaderSection(HeaderSection.parse(dataHeaderBuffer, atEnd: true), session: session, transaction: tx, then: then)
-    }
-
-    /// The header section to data-phase stages, then what followed it in the buffer as the first
-    /// body chunk; `then` runs on the loop once they have answered.
-    private func sendHeaderSection(
-        _ section: HeaderSection, session: SessionInfo, transaction tx: TransactionInfo,
-        then: @escaping (SMTPSessionHandler) -> Void
-    ) {
-        dataHeadersSent = true
-        let rest = Array(dataHeaderBuffer[min(section.bodyOffset, dataHeaderBuffer.count)...])
-        dataHeaderBuffer = []
-        let (chain, fields) = (server.chain, section.fields)
-        runAsync({ () async -> StageChain.PhaseResult in
-            let h = await chain.headers(fields, session: session, transaction: tx)
-            guard case .continue = h.verdict, !rest.isEmpty else { return h }
-            let b = await chain.bodyChunk(rest, session: session, transaction: tx)
-            return StageChain.PhaseResult(verdict: b.verdict, trace: h.trace + b.trace)
-        }) { handler, result in
-            handler.trace.appendFoldingData(result.trace)
-            handler.dataVerdict = result.verdict
+    /// Runs data-phase stages on a feed; `then` runs on the loop once they have answered.
+    private func feed(_ feed: DataFeed?, _ chunk: ByteBuffer, then: @escaping (SMTPSessionHandler) -> Void = { _ in }) {
+        guard let feed, let tx = machine.transactionInfo else { return then(self) }
+        let (chain, session) = (server.chain, machine.session)
+        runAsync({ await chain.run(feed, chunk: Array(chunk.readableBytesView), session: session, transaction: tx)         }) { handler, result in
+            handler.machine.dataStagesAnswered(result.verdict, trace: result.trace)
             then(handler)
         }
+    }
+
+    /// The last byte of the message has arrived: a header section data-phase stages have not
+    /// had yet goes to them first.
+    private func endOfData(_ then: @escaping (SMTPSessionHandler) -> Void) {
+        guard draft != nil, let final = machine.dataEnded() else { return then(self) }
+        feed(final, ByteBuffer(), then: then)
     }
 
     // MARK: Actions
@@ -333,8 +258,7 @@ final class SMTPSessionHandler: ChannelInboundHandler {
             guard let tx = machine.transactionInfo else { return }
             let (chain, session) = (server.chain, machine.session)
             runAsync({ await chain.rcptTo(recipient, session: session, transaction: tx) }) { handler, result in
-                handler.trace += result.trace
-                let action = handler.machine.stagesFinished(result.verdict)
+                let action = handler.machine.stagesFinished(result.verdict, trace: result.trace)
                 handler.logRefusal(action, command: "RCPT TO:\(recipient) (\(result.trace.map(\.description).joined(separator: "; ")))")
                 handler.perform(action)
             }
@@ -343,10 +267,8 @@ final class SMTPSessionHandler: ChannelInboundHandler {
             framer.beginData()
             rearmTimer()
             send([reply], close: false)
-        case .readChunk(let size, let store, let last):
-            storeChunk = store
+        case .readChunk(let size, let store, _):
             bdatChunkSize = size
-            isLastChunk = last
             if store && draft == nil {
                 startMessage()
                 framer.startMessage()
@@ -359,29 +281,15 @@ final class SMTPSessionHandler: ChannelInboundHandler {
             startTLS(reply)
         case .authenticate(let user, let password, let mechanism):
             authenticate(user: user, password: password, mechanism: mechanism)
+        case .requestQueueRun(let domain):
+            perform(machine.queueRunStarted(domain, messages: server.queue.flush(domain: domain)))
         }
     }
 
-    /// Checks credentials on the thread pool (crypt(3) is slow on purpose). Failures are counted
-    /// per client address and answered late; past `[auth] max_failures` the client is dropped.
     private func authenticate(user: String, password: String, mechanism: SASL.Mechanism) {
         guard let auth = server.auth else { return perform(machine.authFinished(.failure)) }
-        let address = clientAddress
-        let pool = server.threadPool
-        let log = logger
-        runAsync({ () async -> SessionStateMachine.AuthResult in
-            if auth.failures.count(address) >= auth.failures.maxFailures { return .tooManyFailures }
-            let ok = (try? await pool.runIfActive { auth.authenticator.verify(user: user, password: password) }) ?? false
-            if ok {
-                log.info("authenticated", metadata: ["user": "\(user)", "mechanism": "\(mechanism.rawValue)"])
-                return .success
-            }
-            let count = auth.failures.fail(address)
-            log.notice("authentication failed", metadata: ["user": "\(user)", "mechanism": "\(mechanism.rawValue)", "failures": "\(count)"])
-            if count >= auth.failures.maxFailures { return .tooManyFailures }
-            try? await Task.sleep(for: auth.failures.delay(after: count))
-            return .failure
-        }) { handler, result in
+        let (address, pool, log) = (clientAddress, server.threadPool, logger)
+        runAsync({ await auth.check(user: user, password: password, mechanism: mechanism, client: address, threadPool: pool, logger: log) }) { handler, result in
             if result == .success { handler.logger[metadataKey: "user"] = "\(user)" }
             handler.perform(handler.machine.authFinished(result))
         }
@@ -396,10 +304,7 @@ final class SMTPSessionHandler: ChannelInboundHandler {
         send([reply], close: false)
         flush()
         do {
-            let sniffer = ServerHelloSniffer()
-            try context.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls.context), position: .first)
-            try context.pipeline.syncOperations.addHandler(sniffer, position: .first)
-            self.sniffer = sniffer
+            sniffer = try TLSUpgrade.begin(context, tls: tls)
         } catch {
             logger.error("cannot start TLS", metadata: ["error": "\(error)"])
             closing = true
@@ -408,41 +313,18 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     }
 
     private func tlsHandshakeCompleted() {
-        let handler = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self)
-        let version: String
-        switch handler?.tlsVersion {
-        case .tlsv13: version = "TLSv1.3"
-        case .tlsv12: version = "TLSv1.2"
-        case .tlsv11: version = "TLSv1.1"
-        case .tlsv1: version = "TLSv1"
-        default: version = "TLS"
-        }
-        let (cipher, bits) = ServerHelloSniffer.describe(sniffer?.cipherSuite ?? 0)
-        if let sniffer {
-            context.pipeline.syncOperations.removeHandler(sniffer, promise: nil)
-            self.sniffer = nil
-        }
-        let info = TLSInfo(version: version, cipher: cipher, bits: bits)
-        logger[metadataKey: "tls"] = "\(version) \(cipher)"
-        logger.debug("TLS established", metadata: ["version": "\(version)", "cipher": "\(cipher)"])
+        let info = TLSUpgrade.finished(context, sniffer: sniffer)
+        sniffer = nil
+        logger[metadataKey: "tls"] = "\(info.version) \(info.cipher)"
+        logger.debug("TLS established", metadata: ["version": "\(info.version)", "cipher": "\(info.cipher)"])
         perform(machine.tlsEstablished(info))
         process()
     }
 
     private func runStages(_ phase: StagePhase) {
-        let chain = server.chain
-        let session = machine.session
-        let tx = machine.transactionInfo
-        runAsync({ () async -> StageChain.PhaseResult in
-            switch phase {
-            case .connect: return await chain.connect(session: session)
-            case .helo: return await chain.helo(session: session)
-            case .mailFrom: return await chain.mailFrom(session: session, transaction: tx!)
-            default: return StageChain.PhaseResult(verdict: .continue, trace: [])
-            }
-        }) { handler, result in
-            if phase == .connect || phase == .helo { handler.sessionTrace += result.trace } else { handler.trace += result.trace }
-            let action = handler.machine.stagesFinished(result.verdict)
+        let (chain, session, tx) = (server.chain, machine.session, machine.transactionInfo)
+        runAsync({ await chain.run(phase, session: session, transaction: tx)         }) { handler, result in
+            let action = handler.machine.stagesFinished(result.verdict, trace: result.trace)
             handler.logRefusal(action, command: "\(phase.rawValue) (\(result.trace.map(\.description).joined(separator: "; ")))")
             handler.perform(action)
         }
@@ -451,10 +333,6 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     /// A new message: a spool draft that starts with our Received header (RFC 5321 4.4).
     private func startMessage() {
         guard let tx = machine.transaction else { return }
-        dataSize = 0
-        dataVerdict = .continue
-        dataHeaderBuffer = []
-        dataHeadersSent = false
         let draft = server.queue.makeDraft(id: tx.queueID, eventLoop: context.eventLoop)
         draft.append(ReceivedHeader.make(
             heloName: machine.session.heloName, clientAddress: clientAddress, serverHostname: server.session.hostname,
@@ -471,32 +349,10 @@ final class SMTPSessionHandler: ChannelInboundHandler {
             perform(machine.messageFinished(.spoolFailed))
             return
         }
-        let session = machine.session
-        let chain = server.chain
-        let pool = server.threadPool
-        let section = HeaderSection.parse(draft.headerPrefix, atEnd: draft.size <= SpoolDraft.headerPrefixLimit)
-        let initial = Intake(hostname: server.session.hostname).initialDraft(
-            headers: section.fields, sender: tx.sender, recipients: tx.recipients)
-        let receivedSize = draft.size
+        let section = HeaderSection.parse(draft.headerPrefix, atEnd: draft.size <= SessionStateMachine.headerSectionLimit)
         let eventLoop = context.eventLoop
-
-        let stagesDone: EventLoopFuture<StageChain.EndOfMessageResult>
-        if chain.hooks(.endOfMessage) {
-            // Written to disk only if a stage reads the body.
-            let (draftBody, settled) = draft.lazyBody(from: section.bodyOffset)
-            let body: @Sendable (MessageDraft) -> MessageBody = { d in
-                d.replacementBodyPath.map { SpoolReader.body(path: $0, from: 0, length: nil, threadPool: pool) } ?? draftBody
-            }
-            let (runner, initial) = (stageRunner, initial)
-            // The draft starts with our Received: field (startMessage).
-            let ownReceived = section.fields.first
-            stagesDone = runner.run(on: eventLoop) {
-                await chain.endOfMessage(
-                    draft: initial, receivedSize: receivedSize, body: body, hiding: ownReceived, session: session, transaction: txInfo)
-            }.flatMap { eom in settled().map { eom } }
-        } else {
-            stagesDone = eventLoop.makeSucceededFuture(StageChain.EndOfMessageResult(verdict: .continue, draft: initial, trace: []))
-        }
+        let stagesDone = EndOfMessageRun(chain: server.chain, hostname: server.session.hostname, runner: stageRunner, threadPool: server.threadPool)
+            .start(draft: draft, section: section, session: machine.session, transaction: tx, info: txInfo, on: eventLoop)
         busy = true
         let bound = NIOLoopBound(self, eventLoop: eventLoop)
         stagesDone.whenComplete { result in
@@ -511,61 +367,37 @@ final class SMTPSessionHandler: ChannelInboundHandler {
     }
 
     private func commit(_ eom: StageChain.EndOfMessageResult, section: HeaderSection, transaction tx: SessionStateMachine.Transaction) {
-        trace += eom.trace
+        machine.recordTrace(eom.trace)
         let routes = server.session.routes
-        // Recipients after edits, each with its destination: the one RCPT gave, or a route.
         let decision = Intake(hostname: server.session.hostname).decide(
             eom, results: machine.transactionInfo?.results, held: machine.heldVerdict
-        ) { r -> Destination? in
-            if let i = tx.recipients.firstIndex(of: r) { return tx.destinations[i] }
-            return try? routes.destination(for: r.mailbox, trusted: true).get()
-        }
+        ) { CommitPlan.destination(of: $0, in: tx, routes: routes) }
         let accepted: Intake.Accepted<Destination>
         switch decision {
         case .reject(let reply), .tempfail(let reply): return finish(.refused(reply))
         case .disconnect(let reply): return finish(.disconnect(reply))
         case .discard(let dropped):
-            trace += dropped
+            machine.recordTrace(dropped)
             return finish(.discarded)
         case .accept(let a): accepted = a
         }
-        trace += accepted.trace
-        let edited = accepted.draft
-        let recipients = accepted.recipients.map {
-            SpoolEnvelope.SpooledRecipient(address: $0.recipient.mailbox, parameters: $0.recipient.parameters, destination: $0.destination)
-        }
+        machine.recordTrace(accepted.trace)
+        guard let draft, let tx = machine.transaction else { return finish(.spoolFailed) }
+        let origin = CommitPlan.Origin(
+            clientAddress: clientAddress, clientPort: machine.session.clientPort, heloName: machine.session.heloName,
+            protocolName: machine.protocolName, receivedAt: Self.wallClock()
+        )
+        let commit = CommitPlan.make(accepted, section: section, transaction: tx, origin: origin, trace: machine.sessionTrace + tx.trace)
         // A constant: the commit's completion (a Sendable closure, run later on the event loop)
         // captures its value, not a variable shared with this frame.
-        let quarantine = accepted.quarantine
-        // A stage that changed the sender with arguments replaced MAIL's: RET and ENVID come from those.
-        let dsn = edited.senderParameters.isEmpty ? tx.parameters : (try? MailParameters(edited.senderParameters)) ?? tx.parameters
-        let envelope = SpoolEnvelope(
-            id: tx.queueID, sender: edited.sender, senderParameters: edited.senderParameters, recipients: recipients,
-            client: .init(address: clientAddress, port: machine.session.clientPort, helo: machine.session.heloName),
-            protocolName: machine.protocolName, receivedAt: Self.wallClock(),
-            size: dataSize, body: tx.parameters.body, smtputf8: tx.parameters.smtputf8, quarantine: quarantine,
-            trace: sessionTrace + trace, dsnReturn: dsn.ret, envelopeID: dsn.envelopeID
-        )
-        var commit = DraftCommit(
-            envelope: envelope, headers: edited.headersChanged ? edited.headers : nil,
-            bodyOffset: section.bodyOffset, replacementBody: edited.replacementBodyPath, quarantine: quarantine != nil
-        )
-        // Fields only put on top (Received-SPF, Authentication-Results, ...) need no rewrite
-        // of the spooled content: they travel in the envelope.
-        let fields = edited.headers
-        if edited.headersChanged, edited.replacementBodyPath == nil,
-           fields.count > section.fields.count, Array(fields.suffix(section.fields.count)) == section.fields {
-            commit.prepend = Array(fields.prefix(fields.count - section.fields.count))
-            commit.headers = nil
-        }
-        guard let draft else { return finish(.spoolFailed) }
+        let quarantined = accepted.quarantine != nil
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         draft.commit(commit).whenComplete { result in
             let handler = bound.value
             handler.draft = nil
             switch result {
             case .success:
-                if quarantine != nil {
+                if quarantined {
                     handler.finish(.quarantined(id: tx.queueID))
                 } else {
                     handler.server.queue.announce(tx.queueID)
@@ -591,7 +423,6 @@ final class SMTPSessionHandler: ChannelInboundHandler {
                 Task { await chain.queued(queueID: id, session: session, transaction: txInfo) }
             }
         }
-        trace = []
         busy = false
         perform(action)
         process()
@@ -609,15 +440,12 @@ final class SMTPSessionHandler: ChannelInboundHandler {
 
     /// One structured line per transaction.
     private func logTransaction(_ tx: SessionStateMachine.Transaction, reply: SMTPReply?) {
-        logger.info("transaction", metadata: [
-            "queue_id": "\(tx.queueID)",
-            "helo": "\(machine.session.heloName ?? "")",
-            "from": "\(tx.sender)",
-            "to": "\(tx.recipients.map(\.description).joined(separator: ","))",
-            "size": "\(dataSize)",
-            "stages": "\((sessionTrace + trace).map(\.description).joined(separator: "; "))",
-            "reply": "\(reply?.description ?? "")",
-        ])
+        var metadata = TransactionLog.metadata(
+            queueID: tx.queueID, helo: machine.session.heloName, sender: tx.sender, recipients: tx.recipients,
+            size: tx.data?.size ?? 0, trace: machine.sessionTrace + tx.trace
+        )
+        metadata["reply"] = "\(reply?.description ?? "")"
+        logger.info("transaction", metadata: metadata)
     }
 
     // MARK: Plumbing

@@ -87,6 +87,44 @@ public final class ServerContext: Sendable {
     }
 }
 
+extension ServerContext {
+    /// A new session's state machine and logger, from the connection's addresses (or those a
+    /// PROXY header gave) and what its listener offers.
+    func makeSession(
+        remote: SocketAddress?, local: SocketAddress?, proxied: ProxyProtocolDecoder.ProxiedAddress?, listener: Listener
+    ) -> (SessionStateMachine, Logger) {
+        var clientAddress = remote?.ipAddress ?? "?"
+        var clientPort = remote?.port ?? 0
+        var serverAddress = local?.ipAddress ?? "?"
+        var serverPort = local?.port ?? 0
+        if let client = proxied?.client {
+            clientAddress = IPAddress(client.address).map { "\($0)" } ?? client.address
+            clientPort = client.port
+        }
+        if let server = proxied?.server {
+            serverAddress = IPAddress(server.address).map { "\($0)" } ?? server.address
+            serverPort = server.port
+        }
+        let sessionID = session.makeQueueID()
+        var logger = self.logger
+        logger[metadataKey: "session"] = "\(sessionID)"
+        logger[metadataKey: "client"] = "\(clientAddress)"
+        let info = SessionInfo(
+            id: sessionID, clientAddress: clientAddress, clientPort: clientPort, serverAddress: serverAddress, serverPort: serverPort,
+            serverHostname: session.hostname, trustedClient: relayFrom.contains { $0.contains(clientAddress) }
+        )
+        let policy = SessionStateMachine.ListenerPolicy(
+            startTLS: tls != nil && listener.kind != .smtps, implicitTLS: listener.kind == .smtps,
+            auth: auth != nil && (listener.kind != .smtp || auth!.offerOnSMTP),
+            requireAuth: listener.requiresAuth
+        )
+        let machine = SessionStateMachine(
+            configuration: session, session: info, etrnAllowed: etrnFrom.contains { $0.contains(clientAddress) }, policy: policy
+        )
+        return (machine, logger)
+    }
+}
+
 /// What SMTP AUTH uses: the credentials, the failure limits, and where it is offered.
 public struct AuthSettings: Sendable {
     public var authenticator: any Authenticator

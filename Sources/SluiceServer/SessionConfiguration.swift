@@ -21,9 +21,9 @@ public struct SessionConfiguration: Sendable {
     public var limits = SMTPLimits()
     /// False when the spool is short of space (`[server] min_free_bytes`): MAIL gets 452 4.3.1.
     public var hasFreeSpace: @Sendable () -> Bool = { true }
-    /// ETRN (RFC 1985): starts delivery of deferred mail for a domain, returning how many messages
-    /// were started; nil when ETRN is not offered (`[server] etrn_from` empty).
-    public var etrn: (@Sendable (String) -> Int)?
+    /// ETRN (RFC 1985) is offered (`[server] etrn_from` not empty); the session asks the queue
+    /// for a run with `requestQueueRun`.
+    public var offersETRN = false
     /// `[auth] sender_login`: whether an authenticated user may use a MAIL FROM address.
     public var senderLogin: (@Sendable (String, ReversePath) -> Bool)?
     /// True when a client address has used up `[auth] max_failures`: AUTH then gets 421 at once.

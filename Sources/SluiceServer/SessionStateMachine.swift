@@ -3,8 +3,10 @@ import SluiceSpool
 import SluiceStageAPI
 
 /// The SMTP session as a value: events in, actions out. It knows the protocol rules (RFC 5321
-/// command order, RFC 2920 pipelining, RFC 3030 BDAT, limits, relay policy) and nothing of
-/// channels, stages' work or the disk; the channel handler carries the actions out.
+/// command order, RFC 2920 pipelining, RFC 3030 BDAT, limits, relay policy), follows the
+/// message data (size, what data-phase stages get and said, `MessageData`) and keeps the stage
+/// trace; it knows nothing of channels, stages' work or the disk. The channel handler carries
+/// the actions out.
 public struct SessionStateMachine: Sendable {
     /// What the handler must do next.
     public enum Action: Equatable, Sendable {
@@ -26,6 +28,8 @@ public struct SessionStateMachine: Sendable {
         case startTLS(SMTPReply)
         /// Check the credentials (off the event loop), then call `authFinished`.
         case authenticate(user: String, password: String, mechanism: SASL.Mechanism)
+        /// ETRN: start delivery of deferred mail for `domain`, then call `queueRunStarted`.
+        case requestQueueRun(domain: String)
         case none
 
         static func send(_ r: SMTPReply) -> Action { .reply([r], close: false) }
@@ -69,9 +73,13 @@ public struct SessionStateMachine: Sendable {
         public var results = ResultRecorder()
         /// A discard or quarantine verdict given at MAIL or RCPT, applied at end of message.
         public var heldVerdict: StageVerdict?
+        /// The message data being received (from DATA's 354 or the first stored BDAT chunk).
+        public var data: MessageData?
+        /// What the stages did in this transaction (MAIL on), in order.
+        public var trace: [TraceEntry] = []
     }
 
-    private enum Phase: Sendable, Equatable {
+    enum Phase: Sendable, Equatable {
         case connecting
         case command
         case waitingForStages(StagePhase)
@@ -79,6 +87,8 @@ public struct SessionStateMachine: Sendable {
         case bdatChunk(last: Bool, refusal: SMTPReply?)
         case finishing
         case startingTLS
+        /// ETRN asked the queue for a run.
+        case startingQueueRun
         /// AUTH sent a 334 challenge; the next line is the client's response (RFC 4954 4).
         case authResponse(SASL.Mechanism, user: String?)
         case authenticating(SASL.Mechanism, user: String)
@@ -87,8 +97,10 @@ public struct SessionStateMachine: Sendable {
 
     public let configuration: SessionConfiguration
     public private(set) var session: SessionInfo
-    public private(set) var transaction: Transaction?
-    private var phase: Phase = .connecting
+    public internal(set) var transaction: Transaction?
+    private(set) var phase: Phase = .connecting
+    /// What the stages did at connect and HELO: part of every transaction's trace.
+    public private(set) var sessionTrace: [TraceEntry] = []
     private var pendingEHLO: String?
     private var pendingRecipient: (Recipient, Destination)?
     private var errors = 0
@@ -360,7 +372,7 @@ public struct SessionStateMachine: Sendable {
 
     /// ETRN (RFC 1985): `ETRN example.test` or `ETRN @example.test`.
     private mutating func etrn(_ node: String) -> Action {
-        guard let start = configuration.etrn else { return fail(SMTPReply(502, "5.5.1", "Error: command not implemented")) }
+        guard configuration.offersETRN else { return fail(SMTPReply(502, "5.5.1", "Error: command not implemented")) }
         guard session.heloName != nil else { return fail(SMTPReply(503, "5.5.1", "Error: send HELO/EHLO first")) }
         guard transaction == nil else { return fail(SMTPReply(503, "5.5.1", "Error: MAIL transaction in progress")) }
         var domain = node
@@ -371,8 +383,15 @@ public struct SessionStateMachine: Sendable {
         guard etrnAllowed else {
             return fail(SMTPReply(459, "4.7.1", "Node \(domain) not allowed: client not in etrn_from"))
         }
-        let started = start(domain)
-        if started == 0 { return .send(SMTPReply(251, "2.0.0", "OK, no messages waiting for node \(domain)")) }
+        phase = .startingQueueRun
+        return .requestQueueRun(domain: domain)
+    }
+
+    /// The queue started delivery of `messages` deferred messages for `domain` (ETRN).
+    public mutating func queueRunStarted(_ domain: String, messages: Int) -> Action {
+        guard phase == .startingQueueRun else { return .none }
+        phase = .command
+        if messages == 0 { return .send(SMTPReply(251, "2.0.0", "OK, no messages waiting for node \(domain)")) }
         return .send(SMTPReply(250, "2.0.0", "OK, queuing for node \(domain) started"))
     }
 
@@ -381,7 +400,7 @@ public struct SessionStateMachine: Sendable {
         var lines = [configuration.hostname, "PIPELINING", "SIZE \(configuration.maxMessageBytes)"]
         lines += configuration.stageKeywords
         lines += ["8BITMIME", "SMTPUTF8", "DSN", "ENHANCEDSTATUSCODES", "CHUNKING"]
-        if configuration.etrn != nil { lines.append("ETRN") }
+        if configuration.offersETRN { lines.append("ETRN") }
         if policy.startTLS && session.tls == nil { lines.append("STARTTLS") }
         if policy.auth && session.tls != nil { lines.append("AUTH PLAIN LOGIN") }
         return SMTPReply(250, nil, lines)
@@ -483,6 +502,7 @@ public struct SessionStateMachine: Sendable {
             return .sendAndClose(SMTPReply(554, "5.5.0", "Error: SMTP protocol synchronization: input after DATA before the 354"))
         }
         phase = .data
+        transaction?.data = MessageData()
         return .startData(SMTPReply(354, nil, "End data with <CR><LF>.<CR><LF>"))
     }
 
@@ -492,6 +512,7 @@ public struct SessionStateMachine: Sendable {
             refusal = noRecipientsReply()
         } else {
             transaction!.usedBDAT = true
+            if transaction!.data == nil { transaction!.data = MessageData() }
         }
         phase = .bdatChunk(last: last, refusal: refusal)
         return .readChunk(size: size, store: refusal == nil, last: last)
@@ -559,10 +580,11 @@ public struct SessionStateMachine: Sendable {
         }
     }
 
-    /// The stages of the phase being waited for have answered.
-    public mutating func stagesFinished(_ verdict: StageVerdict) -> Action {
+    /// The stages of the phase being waited for have answered, with what they did.
+    public mutating func stagesFinished(_ verdict: StageVerdict, trace: [TraceEntry] = []) -> Action {
         guard case .waitingForStages(let stagePhase) = phase else { return .none }
         phase = .command
+        if stagePhase == .connect || stagePhase == .helo { sessionTrace += trace } else { transaction?.trace += trace }
         if case .disconnect(let reply) = verdict {
             phase = .closed
             return .sendAndClose(reply)

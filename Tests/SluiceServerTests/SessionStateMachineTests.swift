@@ -42,6 +42,7 @@ func describe(_ action: Action) -> String {
     case .finishMessage: return "finish"
     case .startTLS(let r): return "starttls \(r.code)"
     case .authenticate(let user, let password, let mechanism): return "authenticate \(mechanism.rawValue) \(user):\(password)"
+    case .requestQueueRun(let domain): return "queue run \(domain)"
     case .none: return "none"
     }
 }

@@ -11,8 +11,8 @@ import Glibc
 /// hanging, and `stop()` ends the accept loop.
 final class LoopbackPeer: Sendable {
     let port: Int
-    private let listener: Int32
     private let state = State()
+    private let finished: AsyncStream<Void>
 
     private final class State: Sendable {
         let stopped = Atomic<Bool>(false)
@@ -36,7 +36,8 @@ final class LoopbackPeer: Sendable {
             throw PeerError("bind/listen: \(errno)")
         }
         port = Self.localPort(fd)
-        listener = fd
+        let (finished, handlerDone) = AsyncStream<Void>.makeStream()
+        self.finished = finished
         let state = self.state
         Thread.detachNewThread {
             defer { close(fd) }
@@ -52,6 +53,7 @@ final class LoopbackPeer: Sendable {
                 Thread.detachNewThread {
                     handler(connection)
                     connection.close()
+                    handlerDone.yield()
                 }
             }
         }
@@ -61,6 +63,12 @@ final class LoopbackPeer: Sendable {
 
     /// How many connections were accepted so far.
     var connections: Int { state.accepted.load(ordering: .relaxed) }
+
+    /// Waits until `count` handlers have returned (each is bounded by the read timeout).
+    func handlersFinished(_ count: Int = 1) async {
+        var it = finished.makeAsyncIterator()
+        for _ in 0..<count { _ = await it.next() }
+    }
 
     func stop() { state.stopped.store(true, ordering: .relaxed) }
 
