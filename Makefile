@@ -46,7 +46,7 @@ spf-suite: build
 bench:
 	scripts/install-deps.sh bench
 	$(SWIFT) build -c release
-	SLUICE_BIN=$(CURDIR)/.build/release/sluice bash scripts/bench/run.sh
+	SLUICE_BIN=$(CURDIR)/.build/release/sluice /usr/bin/python3 scripts/bench/bench.py
 
 clean:
 	rm -rf .build var

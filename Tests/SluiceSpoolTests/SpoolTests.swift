@@ -317,3 +317,30 @@ struct QueueIDTests {
         #expect(QueueID.isValid(id) == valid)
     }
 }
+
+@Suite("Queue files of earlier releases")
+struct EarlierQueueFileTests {
+    /// A queue file as the release before typed destinations wrote it: destinations as text,
+    /// the trace in its older object form. It loads, and its destinations come back typed.
+    @Test func loadsWithTypedDestinations() async throws {
+        try await withSpool { s in
+            let content = Array("Subject: from the last release\r\n\r\nbody\r\n".utf8)
+            let json = #"{"body":"8BITMIME","client":{"address":"192.0.2.10","helo":"client.test","port":40000},"id":"0000000000001ABC","prepend":"X-Top: 1\r\n","protocolName":"ESMTP","quarantine":null,"receivedAt":1795941053.5,"recipients":[{"address":{"domain":"example.test","localPart":"user"},"destination":"maildir:\/srv\/mail","parameters":[]},{"address":{"domain":"relay.test","localPart":"a"},"destination":"smtp:\/\/10.0.0.1:2525","parameters":[{"keyword":"NOTIFY","value":"FAILURE"}]},{"address":{"domain":"far.test","localPart":"b"},"destination":"mx","parameters":[]},{"address":{"domain":"lmtp.test","localPart":"c"},"destination":"lmtp:unix:\/run\/dovecot\/lmtp","parameters":[]}],"sender":{"mailbox":{"_0":{"domain":"client.test","localPart":"sender"}}},"senderParameters":[],"size":40,"smtputf8":false,"trace":[{"micros":5,"outcome":"continue","phase":"connect","stage":"access"}]}"#
+            let digits = String(content.count)
+            let trailer = "\nSLUICE-ENVELOPE " + String(repeating: "0", count: 20 - digits.count) + digits + "\n"
+            s.write(s.layout.queueFile("0000000000001ABC"), content + Array(json.utf8) + Array(trailer.utf8))
+            let store = FileQueueStore(spool: s.spool)
+            guard let message = try await store.claim("0000000000001ABC") else {
+                Issue.record("the old queue file did not load")
+                return
+            }
+            #expect(message.envelope.recipients.map(\.destination) == [
+                .maildir(root: "/srv/mail"), .relay(.smtp(host: "10.0.0.1", port: 2525)), .mx, .relay(.lmtpUnix(path: "/run/dovecot/lmtp")),
+            ])
+            #expect(message.contentLength == content.count)
+            #expect(message.prefix == Array("X-Top: 1\r\n".utf8))
+            #expect(message.envelope.trace.first?.stage == "access")
+            #expect(try await store.list().map(\.envelope.id) == ["0000000000001ABC"])
+        }
+    }
+}

@@ -11,7 +11,7 @@ The instance is not the system's: its config, queue and data directories live in
 its own under /tmp (traversable by the postfix user), it listens on 127.0.0.1 only, delivers
 nothing locally (`mydestination` empty) and relays example.test (and everything else) to the
 catcher.  It logs to a file through postlogd (no syslog is assumed).  Starting it needs root, as
-Postfix's master does; the same approach as scripts/bench/run.sh.
+Postfix's master does; the same approach as the benchmark (scripts/bench/servers.py).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ TEMPLATES = Path(__file__).resolve().parents[2] / "scripts" / "postfix"
 
 
 def _template(name: str, fill: dict[str, str]) -> str:
-    """scripts/postfix/NAME.in with its @KEY@ placeholders filled (shared with scripts/bench/run.sh)."""
+    """scripts/postfix/NAME.in with its @KEY@ placeholders filled (shared with scripts/bench/servers.py)."""
     text = (TEMPLATES / f"{name}.in").read_text()
     for key, value in fill.items():
         text = text.replace(f"@{key}@", value)

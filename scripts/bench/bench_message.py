@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Prepared messages for the auth, spam and milter scenarios of run.sh (smtp-source -F).
+"""Prepared messages for the auth, spam and milter scenarios of bench.py (smtp-source -F).
 
   bench_message.py make --size N --key KEY.pem --domain D --selector S --plain OUT --signed OUT
       writes one message of about N body bytes (From: bench@client.test, plain text) twice:
