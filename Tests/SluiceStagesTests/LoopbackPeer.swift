@@ -80,20 +80,27 @@ final class LoopbackPeer: Sendable {
         }
         return Int(UInt16(bigEndian: address.sin_port))
     }
+}
 
-    /// A loopback port nobody listens on (bound, then closed without listening): connecting to it
-    /// is refused.
-    static func refusedPort() -> Int {
+/// A loopback port that refuses connections: bound (so nobody else gets it) but not listening,
+/// for as long as this value lives.
+final class RefusingPort: Sendable {
+    let port: Int
+    private let fd: Int32
+
+    init() {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         _ = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        return localPort(fd)
+        port = LoopbackPeer.localPort(fd)
+        self.fd = fd
     }
+
+    deinit { close(fd) }
 }
 
 struct PeerError: Error, CustomStringConvertible {

@@ -352,7 +352,8 @@ struct MilterStageTests {
 
     // MARK: A misbehaving or absent milter
 
-    /// The reason a failure gave, with `default_action = "quarantine"` (which names it).
+    /// A session with `default_action = "quarantine"`, whose verdict names the failure: the
+    /// verdicts of connect, HELO, MAIL and RCPT, and the end-of-message decision.
     static func failure(_ milter: FakeMilter) async throws -> (verdicts: [StageVerdict], eom: StageDecision) {
         var h = StageHarness(stage: try Self.stage(milter.socket, ["default_action": .string("quarantine")]))
         let verdicts = try await Self.open(&h)
@@ -450,7 +451,9 @@ struct MilterStageTests {
     }
 
     @Test func aMilterThatIsNotListening() async throws {
-        let port = LoopbackPeer.refusedPort()
+        let refusing = RefusingPort()
+        defer { _ = refusing.port }  // kept bound until the end
+        let port = refusing.port
         var h = StageHarness(stage: try Self.stage("inet:127.0.0.1:\(port)"))
         #expect(try await Self.open(&h) == [Self.failed, .continue, .continue, .continue])
         var accepting = StageHarness(stage: try Self.stage("inet:127.0.0.1:\(port)", ["default_action": .string("accept")]))

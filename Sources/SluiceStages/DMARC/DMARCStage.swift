@@ -58,7 +58,8 @@ public struct DMARCStage: Stage {
 
     public func endOfMessage(_ message: MessageView, session: SessionInfo, transaction: TransactionInfo) async throws -> StageDecision {
         let froms = message.headers.filter { $0.name.caseInsensitiveEquals("From") }
-        let domains = froms.flatMap { Self.domains(in: $0.unfoldedValue) }
+        // Domains are case-insensitive: `a@EXAMPLE.org, b@example.org` has one author domain.
+        let domains = froms.flatMap { Self.domains(in: $0.unfoldedValue) }.map { $0.lowercased() }
         guard froms.count == 1, let from = domains.first, Set(domains).count == 1, let fromDomain = IDNA.toASCII(from.lowercased()) else {
             // RFC 7489 6.6.1: no single author domain, no DMARC evaluation.
             transaction.results.record(AuthenticationResult(method: "dmarc", result: "permerror", reason: "no single RFC5322.From domain"))
@@ -69,17 +70,22 @@ public struct DMARCStage: Stage {
         var record: String?
         var policyDomain = fromDomain
         var dnsFailed = false
-        for candidate in [fromDomain, organizational] where record == nil {
+        discovery: for candidate in [fromDomain, organizational] {
             switch await fetchRecord(candidate) {
             case .record(let text):
                 record = text
                 policyDomain = candidate
+                break discovery
             case .none:
                 break
+            case .several:
+                // RFC 7489 6.6.3 step 5: more than one record ends policy discovery.
+                break discovery
             case .error:
                 dnsFailed = true
+                break discovery
             }
-            if candidate == organizational || dnsFailed { break }
+            if candidate == organizational { break }
         }
         if record == nil && dnsFailed {
             transaction.results.record(AuthenticationResult(method: "dmarc", result: "temperror", properties: [.init("header.from", fromDomain)]))
@@ -118,20 +124,37 @@ public struct DMARCStage: Stage {
         }
     }
 
-    enum Fetched { case record(String), none, error }
+    enum Fetched { case record(String), none, several, error }
 
-    /// `_dmarc.<domain>` TXT: exactly one record starting with `v=DMARC1` (RFC 7489 6.6.3).
+    /// `_dmarc.<domain>` TXT: the records whose first tag is `v=DMARC1` (RFC 7489 6.6.3).
     func fetchRecord(_ domain: String) async -> Fetched {
         do {
             let answer = try await resolver.query("_dmarc." + domain, .txt)
             guard answer.isDefinite else { return .error }
-            let records = answer.records.compactMap(\.text).filter {
-                $0.hasPrefix("v=DMARC1") && ($0.count == 8 || [";", " ", "\t"].contains($0.dropFirst(8).first.map(String.init) ?? ""))
+            let records = answer.records.compactMap(\.text).filter(Self.isDMARCRecord)
+            switch records.count {
+            case 0: return .none
+            case 1: return .record(records[0])
+            default: return .several
             }
-            return records.count == 1 ? .record(records[0]) : .none
         } catch {
             return .error
         }
+    }
+
+    /// dmarc-version = "v" *WSP "=" *WSP "DMARC1" (RFC 7489 6.4), then the end, a `;` or white space.
+    static func isDMARCRecord(_ text: String) -> Bool {
+        var rest = Substring(text)
+        func skipWSP() { rest = rest.drop { $0 == " " || $0 == "\t" } }
+        guard rest.first == "v" else { return false }
+        rest = rest.dropFirst()
+        skipWSP()
+        guard rest.first == "=" else { return false }
+        rest = rest.dropFirst()
+        skipWSP()
+        guard rest.hasPrefix("DMARC1") else { return false }
+        rest = rest.dropFirst(6)
+        return rest.isEmpty || [";", " ", "\t"].contains(rest.first!)
     }
 
     /// The SPF identity and result recorded by an `spf` stage: the MAIL FROM domain, or the HELO

@@ -170,6 +170,8 @@ public struct SpamStage: Stage {
 
     static func format(_ x: Double) -> String {
         let r = (x * 10).rounded() / 10
+        // A score too big for an Int (a scanner's reply is input like any other) stays a Double.
+        guard r.isFinite, abs(r) < 1e15 else { return String(r) }
         return r == r.rounded() ? String(Int(r)) + ".0" : String(r)
     }
 }
