@@ -42,7 +42,7 @@ extension SessionStateMachine {
     /// A chunk of message data arrived (DATA, or a BDAT chunk).
     public mutating func dataChunk<Bytes: Collection<UInt8>>(_ bytes: Bytes) -> ChunkPlan {
         guard var data = transaction?.data else { return ChunkPlan(store: false, feed: nil) }
-        if case .bdatChunk(_, let refusal) = phase, refusal != nil { return ChunkPlan(store: false, feed: nil) }
+        if case .bdatChunk(_, _, let refusal) = phase, refusal != nil { return ChunkPlan(store: false, feed: nil) }
         data.size += bytes.count
         defer { transaction?.data = data }
         guard data.size <= configuration.maxMessageBytes else { return ChunkPlan(store: false, feed: nil) }
@@ -83,7 +83,7 @@ extension SessionStateMachine {
         guard var data = transaction?.data, !data.headersGiven, configuration.hookedPhases.contains(.data),
               data.size <= configuration.maxMessageBytes, case .continue = data.verdict
         else { return nil }
-        if case .bdatChunk(_, let refusal) = phase, refusal != nil { return nil }
+        if case .bdatChunk(_, _, let refusal) = phase, refusal != nil { return nil }
         defer { transaction?.data = data }
         return Self.giveHeaders(HeaderSection.parse(data.headerBuffer, atEnd: true), from: &data)
     }
@@ -95,9 +95,10 @@ extension SessionStateMachine {
 
     /// A BDAT chunk has been read; the message so far is judged (with the framer's findings) when
     /// it was the LAST chunk.
-    public mutating func bdatChunkRead(chunkSize: UInt64, flags: MessageDataFlags) -> Action {
+    public mutating func bdatChunkRead(flags: MessageDataFlags) -> Action {
+        guard case .bdatChunk(let size, _, _) = phase else { return .none }
         let outcome = dataOutcome(flags: flags)
-        return bdatChunkRead(chunkSize: chunkSize, outcome: outcome)
+        return bdatChunkRead(chunkSize: size, outcome: outcome)
     }
 
     /// The data of a DATA or BDAT-LAST message is complete; judged with the framer's findings.
@@ -108,7 +109,7 @@ extension SessionStateMachine {
 
     /// The BDAT chunk being read is the last one of a message that is stored.
     public var readingLastStoredChunk: Bool {
-        if case .bdatChunk(let last, let refusal) = phase { return last && refusal == nil }
+        if case .bdatChunk(_, let last, let refusal) = phase { return last && refusal == nil }
         return false
     }
 

@@ -43,8 +43,6 @@ final class SMTPSessionHandler: ChannelInboundHandler {
 
     /// The message being received (what the session knows of it is in `machine`).
     private var draft: (any QueueDraft)?
-    /// The size of the BDAT chunk being read, for its 250.
-    private var bdatChunkSize: UInt64 = 0
 
     // Timers.
     private var lastActivity = NIODeadline.now()
@@ -195,11 +193,11 @@ final class SMTPSessionHandler: ChannelInboundHandler {
             endOfData { $0.perform($0.machine.dataFinished(flags: $0.framer.flags)) }
         case .bdatEnd:
             guard machine.readingLastStoredChunk else {
-                perform(machine.bdatChunkRead(chunkSize: bdatChunkSize, flags: framer.flags))
+                perform(machine.bdatChunkRead(flags: framer.flags))
                 break
             }
             framer.finishBDATMessage()
-            endOfData { $0.perform($0.machine.bdatChunkRead(chunkSize: $0.bdatChunkSize, flags: $0.framer.flags)) }
+            endOfData { $0.perform($0.machine.bdatChunkRead(flags: $0.framer.flags)) }
         }
         // A transaction that ended (RSET, refusal, new HELO) leaves no temp file behind.
         if draft != nil && machine.transaction == nil {
@@ -268,7 +266,6 @@ final class SMTPSessionHandler: ChannelInboundHandler {
             rearmTimer()
             send([reply], close: false)
         case .readChunk(let size, let store, _):
-            bdatChunkSize = size
             if store && draft == nil {
                 startMessage()
                 framer.startMessage()

@@ -84,7 +84,7 @@ public struct SessionStateMachine: Sendable {
         case command
         case waitingForStages(StagePhase)
         case data
-        case bdatChunk(last: Bool, refusal: SMTPReply?)
+        case bdatChunk(size: UInt64, last: Bool, refusal: SMTPReply?)
         case finishing
         case startingTLS
         /// ETRN asked the queue for a run.
@@ -514,14 +514,14 @@ public struct SessionStateMachine: Sendable {
             transaction!.usedBDAT = true
             if transaction!.data == nil { transaction!.data = MessageData() }
         }
-        phase = .bdatChunk(last: last, refusal: refusal)
+        phase = .bdatChunk(size: size, last: last, refusal: refusal)
         return .readChunk(size: size, store: refusal == nil, last: last)
     }
 
     /// A BDAT chunk has been read (and, if accepted, stored by the handler).
     /// - Parameter outcome: the message so far; judged when this was the LAST chunk.
     public mutating func bdatChunkRead(chunkSize: UInt64, outcome: @autoclosure () -> DataOutcome) -> Action {
-        guard case .bdatChunk(let last, let refusal) = phase else { return .none }
+        guard case .bdatChunk(_, let last, let refusal) = phase else { return .none }
         phase = .command
         if let refusal { return fail(refusal) }
         if last { return dataFinished(outcome()) }

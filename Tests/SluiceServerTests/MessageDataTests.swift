@@ -70,13 +70,13 @@ struct MessageDataTests {
         #expect(s.send("BDAT 12") == "read 12")
         #expect(!s.machine.readingLastStoredChunk)
         #expect(s.machine.dataChunk(Self.bytes("Subject: b\r\n")).store)
-        _ = s.machine.bdatChunkRead(chunkSize: 12, flags: MessageDataFlags())
+        _ = s.machine.bdatChunkRead(flags: MessageDataFlags())
         #expect(s.send("BDAT 6 LAST") == "read 6 last")
         #expect(s.machine.readingLastStoredChunk)
         let plan = s.machine.dataChunk(Self.bytes("\r\nbody"))
         #expect(plan.feed == .headers([HeaderField(name: "Subject", value: " b")], rest: Self.bytes("body")))
         #expect(s.machine.dataOutcome(flags: MessageDataFlags()).size == 18)
-        #expect(describe(s.machine.bdatChunkRead(chunkSize: 6, flags: MessageDataFlags())) == "finish")
+        #expect(describe(s.machine.bdatChunkRead(flags: MessageDataFlags())) == "finish")
     }
 
     @Test func aRefusedBDATChunkIsNeitherStoredNorCounted() {
