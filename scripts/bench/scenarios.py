@@ -34,6 +34,14 @@ def _lines(*xs):
     return [x for x in xs if x]
 
 
+def below_target(b, value, target, code, text=" -- BELOW TARGET"):
+    """The summary suffix for a value under its target ("" when it is not), flagging exit `code`."""
+    if value < target:
+        b.flag(code)
+        return text
+    return ""
+
+
 # ---------------------------------------------------------------- maildir (+ idle)
 @scenario("maildir", doc="maildir delivery: Postfix's virtual agent vs Sluice's maildir route; "
                          "then Sluice's idle-connection memory check")
@@ -62,10 +70,7 @@ def report_maildir(b, R):
             details.append(f"idle:    sluice RSS before connecting {mb(r['baseline_rss_kb'])} MB; {r['term']}")
             if r["first_error"] != "-":
                 details.append(f"idle:    first connection error: {r['first_error']}")
-            verdict = ""
-            if r["held"] < cfg.idle_conns:
-                verdict = f" -- FAIL: only {r['held']} of {cfg.idle_conns} held"
-                b.flag(3)
+            verdict = below_target(b, r["held"], cfg.idle_conns, 3, f" -- FAIL: only {r['held']} of {cfg.idle_conns} held")
             if r["idle_rss_kb"] > cfg.idle_limit_mb * 1024:
                 verdict += " -- FAIL: over the limit"
                 b.flag(3)
@@ -92,10 +97,7 @@ def report_spf(b, R):
     summary.append(throughput(R, "sluice-spf", "sluice with spf:", b.cfg.messages, pss=False))
     pct = percent(R, "sluice-spf", "sluice")
     if pct is not None:
-        verdict = ""
-        if pct < b.cfg.spf_target:
-            verdict = " -- BELOW TARGET"
-            b.flag(5)
+        verdict = below_target(b, pct, b.cfg.spf_target, 5)
         summary.append(f"spf stage cost: with spf = {pct_text(pct)} of the rate without (medians; "
                        f"target >= {b.cfg.spf_target}%){verdict}")
     return details, summary
@@ -128,10 +130,7 @@ def report_auth(b, R):
                throughput(R, "sluice-auth", "sluice, signed message, spf + dkim-verify + dmarc:", n, pss=False)]
     pct = percent(R, "sluice-auth", "sluice-auth-base")
     if pct is not None:
-        verdict = ""
-        if pct < b.cfg.auth_target:
-            verdict = " -- BELOW TARGET"
-            b.flag(6)
+        verdict = below_target(b, pct, b.cfg.auth_target, 6)
         summary.append(f"dkim-verify + dmarc (+spf): {R.med('sluice-auth', 'rate'):.0f} msgs/s = {pct_text(pct)} of the "
                        f"same run without (medians; target >= {b.cfg.auth_target}%){verdict}")
     return details, summary
@@ -177,10 +176,7 @@ def report_relay(b, R):
             summary.append(f"acceptance alone: FAILED: {R.error('sluice-accept')}")
     pct = percent(R, "sluice-relay", "sluice-accept", key="accept_rate")
     if pct is not None:
-        verdict = ""
-        if pct < cfg.accept_target:
-            verdict = " -- BELOW TARGET"
-            b.flag(4)
+        verdict = below_target(b, pct, cfg.accept_target, 4)
         summary.append(f"acceptance with delivery on: {R.med('sluice-relay', 'accept_rate'):.0f} msgs/s = {pct_text(pct)} "
                        f"of acceptance alone (medians; target >= {cfg.accept_target}%){verdict}")
     return details, summary
@@ -264,10 +260,7 @@ def report_spam(b, R):
         summary.append(throughput(R, "sluice-spam", "spam sluice (spam stage + spamd):      ", n, fmt="%.1f"))
     r = ratio(R, "sluice-spam", "postfix-spam")
     if r is not None:
-        verdict = ""
-        if 100 * r[0] < cfg.spam_target:
-            verdict = f" -- BELOW {cfg.spam_target / 100:.2f}x POSTFIX"
-            b.flag(7)
+        verdict = below_target(b, 100 * r[0], cfg.spam_target, 7, f" -- BELOW {cfg.spam_target / 100:.2f}x POSTFIX")
         summary += ratio_line(R, "spam ratio sluice/postfix", "sluice-spam", "postfix-spam",
                               note=f"the scanner dominates; flagged below {cfg.spam_target / 100:.2f}", verdict=verdict)
     return details, summary
@@ -306,10 +299,7 @@ def report_milter(b, R):
         summary.append(throughput(R, "sluice-milter", "milter sluice (opendkim signing): ", n, fmt="%.1f"))
     r = ratio(R, "sluice-milter", "postfix-milter")
     if r is not None:
-        verdict = ""
-        if 100 * r[0] < cfg.milter_target:
-            verdict = " -- BELOW TARGET"
-            b.flag(8)
+        verdict = below_target(b, 100 * r[0], cfg.milter_target, 8)
         summary += ratio_line(R, "milter ratio sluice/postfix", "sluice-milter", "postfix-milter",
                               note=f"target >= {cfg.milter_target / 100:.2f}; project goal 1.5", verdict=verdict)
     return details, summary
