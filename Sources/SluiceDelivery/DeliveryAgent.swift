@@ -135,10 +135,11 @@ public final class DeliveryAgent: Sendable {
         switch hop.destination {
         case .maildir(let root):
             var results: [(Int, RecipientOutcome)] = []
+            let prefix = message.prefix
             for i in indices {
                 do {
                     try await maildir.deliver(
-                        content, prefix: message.prefix, sender: envelope.sender, recipient: envelope.recipients[i].address,
+                        content, prefix: prefix, sender: envelope.sender, recipient: envelope.recipients[i].address,
                         root: root, threadPool: threadPool
                     )
                     results.append((i, .delivered(SMTPReply(250, "2.0.0", "delivered to maildir"))))

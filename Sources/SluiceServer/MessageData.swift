@@ -38,32 +38,46 @@ public enum DataFeed: Sendable, Equatable {
     case body
 }
 
+extension MessageData {
+    /// Counts a chunk and says what becomes of it: past `limit` nothing is stored or fed; while
+    /// `feeding`, the header section goes to data-phase stages once complete, then each chunk.
+    /// Mutated in place, so the header buffer is never copied.
+    mutating func receive<Bytes: Collection<UInt8>>(_ bytes: Bytes, limit: Int, feeding: Bool) -> ChunkPlan {
+        size += bytes.count
+        guard size <= limit else { return ChunkPlan(store: false, feed: nil) }
+        guard feeding, case .continue = verdict else { return ChunkPlan(store: true, feed: nil) }
+        if headersGiven { return ChunkPlan(store: true, feed: .body) }
+        headerBuffer += bytes
+        let section = HeaderSection.parse(headerBuffer)
+        guard section.complete || headerBuffer.count > SessionStateMachine.headerSectionLimit else { return ChunkPlan(store: true, feed: nil) }
+        return ChunkPlan(store: true, feed: giveHeaders(section))
+    }
+
+    /// The header section still owed to data-phase stages at the end of the data, if any.
+    mutating func end(limit: Int, feeding: Bool) -> DataFeed? {
+        guard feeding, !headersGiven, size <= limit, case .continue = verdict else { return nil }
+        return giveHeaders(HeaderSection.parse(headerBuffer, atEnd: true))
+    }
+
+    private mutating func giveHeaders(_ section: HeaderSection) -> DataFeed {
+        headersGiven = true
+        let rest = Array(headerBuffer[min(section.bodyOffset, headerBuffer.count)...])
+        headerBuffer = []
+        return .headers(section.fields, rest: rest)
+    }
+}
+
 extension SessionStateMachine {
     /// A chunk of message data arrived (DATA, or a BDAT chunk).
     public mutating func dataChunk<Bytes: Collection<UInt8>>(_ bytes: Bytes) -> ChunkPlan {
-        guard var data = transaction?.data else { return ChunkPlan(store: false, feed: nil) }
         if case .bdatChunk(_, _, let refusal) = phase, refusal != nil { return ChunkPlan(store: false, feed: nil) }
-        data.size += bytes.count
-        defer { transaction?.data = data }
-        guard data.size <= configuration.maxMessageBytes else { return ChunkPlan(store: false, feed: nil) }
-        guard configuration.hookedPhases.contains(.data), case .continue = data.verdict else { return ChunkPlan(store: true, feed: nil) }
-        if data.headersGiven { return ChunkPlan(store: true, feed: .body) }
-        data.headerBuffer += bytes
-        let section = HeaderSection.parse(data.headerBuffer)
-        guard section.complete || data.headerBuffer.count > Self.headerSectionLimit else { return ChunkPlan(store: true, feed: nil) }
-        return ChunkPlan(store: true, feed: Self.giveHeaders(section, from: &data))
+        let (limit, feeding) = (configuration.maxMessageBytes, configuration.hookedPhases.contains(.data))
+        return transaction?.data?.receive(bytes, limit: limit, feeding: feeding) ?? ChunkPlan(store: false, feed: nil)
     }
 
     /// The most of a message start kept for data-phase stages' header section; a longer header
     /// section is given as far as it goes.
     public static var headerSectionLimit: Int { 256 * 1024 }
-
-    private static func giveHeaders(_ section: HeaderSection, from data: inout MessageData) -> DataFeed {
-        data.headersGiven = true
-        let rest = Array(data.headerBuffer[min(section.bodyOffset, data.headerBuffer.count)...])
-        data.headerBuffer = []
-        return .headers(section.fields, rest: rest)
-    }
 
     /// Data-phase stages answered a feed.
     public mutating func dataStagesAnswered(_ verdict: StageVerdict, trace: [TraceEntry]) {
@@ -80,12 +94,9 @@ extension SessionStateMachine {
     /// (a message with no body, which RFC 5322 allows) is given to data-phase stages now, so
     /// they judge it like any other message; then call `dataStagesAnswered` before finishing.
     public mutating func dataEnded() -> DataFeed? {
-        guard var data = transaction?.data, !data.headersGiven, configuration.hookedPhases.contains(.data),
-              data.size <= configuration.maxMessageBytes, case .continue = data.verdict
-        else { return nil }
         if case .bdatChunk(_, _, let refusal) = phase, refusal != nil { return nil }
-        defer { transaction?.data = data }
-        return Self.giveHeaders(HeaderSection.parse(data.headerBuffer, atEnd: true), from: &data)
+        let (limit, feeding) = (configuration.maxMessageBytes, configuration.hookedPhases.contains(.data))
+        return transaction?.data?.end(limit: limit, feeding: feeding)
     }
 
     /// The message so far, with the framer's findings, as `dataFinished` judges it.

@@ -75,10 +75,6 @@ public final class Spool: Sendable {
         public var path: String
         /// Octets of message content at the start of the file.
         public var contentLength: Int
-        /// Header fields that go before the content (`SpoolEnvelope.prepend`).
-        public var prefix: [UInt8] { Array((envelope.prepend ?? "").utf8) }
-        /// The message's size as delivered: prefix and content.
-        public var messageLength: Int { (envelope.prepend?.utf8.count ?? 0) + contentLength }
     }
 
     /// Reads the envelope of a message in `queue/` (or `quarantine/`).

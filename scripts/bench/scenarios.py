@@ -42,6 +42,17 @@ def below_target(b, value, target, code, text=" -- BELOW TARGET"):
     return ""
 
 
+def versus_postfix(b, R, n, postfix, sluice, title, target, code, note, text=" -- BELOW TARGET"):
+    """Summary lines of a Sluice run against a Postfix run: each one's throughput, then the ratio,
+    flagged (exit `code`) below `target` percent. `postfix` and `sluice` are (run name, label)."""
+    summary = [throughput(R, name, label, n, fmt="%.1f") for name, label in (postfix, sluice) if R.ran(name)]
+    r = ratio(R, sluice[0], postfix[0])
+    if r is not None:
+        verdict = below_target(b, 100 * r[0], target, code, text)
+        summary += ratio_line(R, title, sluice[0], postfix[0], note=note, verdict=verdict)
+    return summary
+
+
 # ---------------------------------------------------------------- maildir (+ idle)
 @scenario("maildir", doc="maildir delivery: Postfix's virtual agent vs Sluice's maildir route; "
                          "then Sluice's idle-connection memory check")
@@ -253,16 +264,10 @@ def report_spam(b, R):
     if R.ok("sluice-spam"):
         details.append(f"spam sluice:  {timing(R, 'sluice-spam')}; CPU sluice {R.cpu_ms('sluice-spam'):.2f} ms/msg; "
                        f"{R.ok('sluice-spam')[0].get('sample', '')}; {R.terms('sluice-spam')}")
-    summary = []
-    if R.ran("postfix-spam"):
-        summary.append(throughput(R, "postfix-spam", "spam postfix (spamass-milter + spamd):", n, fmt="%.1f"))
-    if R.ran("sluice-spam"):
-        summary.append(throughput(R, "sluice-spam", "spam sluice (spam stage + spamd):      ", n, fmt="%.1f"))
-    r = ratio(R, "sluice-spam", "postfix-spam")
-    if r is not None:
-        verdict = below_target(b, 100 * r[0], cfg.spam_target, 7, f" -- BELOW {cfg.spam_target / 100:.2f}x POSTFIX")
-        summary += ratio_line(R, "spam ratio sluice/postfix", "sluice-spam", "postfix-spam",
-                              note=f"the scanner dominates; flagged below {cfg.spam_target / 100:.2f}", verdict=verdict)
+    summary = versus_postfix(
+        b, R, n, ("postfix-spam", "spam postfix (spamass-milter + spamd):"), ("sluice-spam", "spam sluice (spam stage + spamd):      "),
+        "spam ratio sluice/postfix", cfg.spam_target, 7, f"the scanner dominates; flagged below {cfg.spam_target / 100:.2f}",
+        f" -- BELOW {cfg.spam_target / 100:.2f}x POSTFIX")
     return details, summary
 
 
@@ -292,14 +297,7 @@ def report_milter(b, R):
         if R.ok(name):
             details.append(f"{label} {timing(R, name)}; CPU {who} {R.cpu_ms(name):.2f} ms/msg; "
                            f"{R.ok(name)[0].get('sample', '')}" + (f"; {R.terms(name)}" if R.terms(name) else ""))
-    summary = []
-    if R.ran("postfix-milter"):
-        summary.append(throughput(R, "postfix-milter", "milter postfix (opendkim signing):", n, fmt="%.1f"))
-    if R.ran("sluice-milter"):
-        summary.append(throughput(R, "sluice-milter", "milter sluice (opendkim signing): ", n, fmt="%.1f"))
-    r = ratio(R, "sluice-milter", "postfix-milter")
-    if r is not None:
-        verdict = below_target(b, 100 * r[0], cfg.milter_target, 8)
-        summary += ratio_line(R, "milter ratio sluice/postfix", "sluice-milter", "postfix-milter",
-                              note=f"target >= {cfg.milter_target / 100:.2f}; project goal 1.5", verdict=verdict)
+    summary = versus_postfix(
+        b, R, n, ("postfix-milter", "milter postfix (opendkim signing):"), ("sluice-milter", "milter sluice (opendkim signing): "),
+        "milter ratio sluice/postfix", cfg.milter_target, 8, f"target >= {cfg.milter_target / 100:.2f}; project goal 1.5")
     return details, summary
