@@ -27,12 +27,13 @@ check-config: build
 test:
 	scripts/install-deps.sh test
 	SWIFT=$(SWIFT) scripts/build-checked.sh --build-tests
-	$(SWIFT) test --skip-build
+	$(PYTHON) scripts/with-postgres.py $(SWIFT) test --skip-build
 	scripts/fetch-spf-suite.sh
 	SLUICE_BIN=$(CURDIR)/$(BIN) $(PYTHON) -m pytest -q -p no:cacheprovider Tests/integration
 
 unit-test:
-	$(SWIFT) test
+	$(SWIFT) build --build-tests
+	$(PYTHON) scripts/with-postgres.py $(SWIFT) test --skip-build
 
 integration-test: build
 	scripts/fetch-spf-suite.sh

@@ -25,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         .target(name: "SMTPCore"),
@@ -80,6 +81,14 @@ let package = Package(
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        /// Cluster mode (`[cluster]`): the queue and shared state in PostgreSQL.
+        .target(name: "SluiceCluster", dependencies: [
+            "SMTPCore", "SluiceMessage", "SluiceSpool", "SluiceStageAPI",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "PostgresNIO", package: "postgres-nio"),
+        ]),
         .target(name: "SluiceServer", dependencies: [
             "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceSpool", "CCrypt",
             .product(name: "NIOCore", package: "swift-nio"),
@@ -95,6 +104,8 @@ let package = Package(
         ], plugins: ["StageRegistration"]),
         .target(name: "SluiceRuntime", dependencies: [
             "SMTPCore", "SluiceStageAPI", "SluicePipeline", "SluiceSpool", "SluiceDelivery", "SluiceServer", "SluiceStages", "SluiceDNS", "LocalStages",
+            "SluiceCluster",
+            .product(name: "PostgresNIO", package: "postgres-nio"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
@@ -111,6 +122,7 @@ let package = Package(
         ]),
         .executableTarget(name: "sluice", dependencies: [
             "SluiceRuntime", "SluiceMilterServer", "SluiceSpool", "SluiceDelivery", "SluiceStageAPI", "SluicePipeline", "SluiceDNS", "SluiceStages", "SluiceServer",
+            "SluiceCluster",
             .product(name: "X509", package: "swift-certificates"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "_CryptoExtras", package: "swift-crypto"),
@@ -118,6 +130,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "SMTPCoreTests", dependencies: ["SMTPCore"]),
+        .testTarget(name: "SluiceClusterTests", dependencies: ["SluiceCluster"]),
         .testTarget(name: "LocalStagesTests", dependencies: ["LocalStages", "SluiceStageAPI", "SluiceStageTesting", "SluiceDNS"]),
         .testTarget(name: "SluiceStageTestingTests", dependencies: ["SluiceStageTesting", "SluiceStages", "SluiceStageAPI", "SluiceDNS", "SMTPCore"]),
         .testTarget(name: "SluiceServerTests", dependencies: [

@@ -9,8 +9,8 @@ pkgs=(libspf2-dev libunbound-dev libopendkim-dev libopendmarc-dev libmilter-dev 
 case "$what" in
   build) ;;
   run)   pkgs+=(swaks) ;;
-  test)  pkgs+=(swaks postfix openssl python3-pytest python3-aiosmtpd python3-dnslib python3-yaml python3-pip python3-dkim opendkim opendkim-tools spamassassin spamc spamass-milter rspamd python3-milter miltertest procps) ;;
-  bench) pkgs+=(postfix python3 python3-dnslib procps) ;;
+  test)  pkgs+=(swaks postfix openssl python3-pytest python3-aiosmtpd python3-dnslib python3-yaml python3-pip python3-dkim opendkim opendkim-tools spamassassin spamc spamass-milter rspamd python3-milter miltertest procps postgresql) ;;
+  bench) pkgs+=(postfix python3 python3-dnslib procps postgresql python3-pytest) ;;
   *) echo "usage: $0 build|run|test|bench" >&2; exit 2 ;;
 esac
 missing=()

@@ -5,7 +5,8 @@ import SluiceStageAPI
 /// from a (client network, sender, recipient) triplet never seen before gets `451 4.7.1`; the
 /// same triplet retried after `delay_s` passes, and is then remembered for `expiry_s` (renewed
 /// on each pass). Real mail servers retry; most spam engines do not. The state lives in an
-/// SQLite file, so it survives a restart.
+/// SQLite file, so it survives a restart; on a node of a cluster (`[cluster]`) it lives in the
+/// state every node shares (`database` is then unused), so a retry at another MX passes.
 ///
 /// ```toml
 /// [[stage]]
@@ -84,10 +85,15 @@ public struct GreylistStage: Stage {
         }
         let name = try config.string("database", default: "greylist.sqlite")
         guard !name.isEmpty else { throw config.error("database", "must name a file, e.g. \"greylist.sqlite\"") }
-        do {
-            store = try GreylistStore(path: environment.resolvePath(name), policy: policy)
-        } catch {
-            throw config.error("database", error.description)
+        if let shared = environment.sharedState {
+            // A node of a cluster: every MX sees the same triplets.
+            store = GreylistStore(shared: shared, policy: policy)
+        } else {
+            do {
+                store = try GreylistStore(path: environment.resolvePath(name), policy: policy)
+            } catch {
+                throw config.error("database", error.description)
+            }
         }
         self.now = now
     }

@@ -1,4 +1,5 @@
 import GRDB
+import SluiceStageAPI
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -48,8 +49,20 @@ final class GreylistStore: Sendable {
 
     let path: String
     let policy: Policy
-    private let database: DatabasePool
+    /// The SQLite file; nil when the store keeps a cluster's shared state instead.
+    private let database: DatabasePool?
+    private let shared: (any SharedState)?
     private let lastPurge = Mutex<Double>(-.infinity)
+
+    /// A store in a cluster's shared state: the same rules, one entry per triplet
+    /// (`greylist:triplet:NETWORK|SENDER|RECIPIENT`: first sight, pass time) and per client
+    /// network (`greylist:client:NETWORK`: passes), each expiring as the rows of the file do.
+    init(shared: any SharedState, policy: Policy) {
+        self.path = "(cluster shared state)"
+        self.policy = policy
+        self.database = nil
+        self.shared = shared
+    }
 
     /// Opens (or creates) the database at `path` and brings its tables up to date.
     init(path: String, policy: Policy) throws(Failure) {
@@ -63,8 +76,10 @@ final class GreylistStore: Sendable {
         do {
             // DatabasePool opens the file in WAL mode with synchronous = NORMAL: readers do not
             // wait for the writer, and a crash loses nothing committed.
-            database = try Self.open(path, configuration)
+            let database = try Self.open(path, configuration)
             try Self.createSchema(database)
+            self.database = database
+            self.shared = nil
         } catch {
             throw Failure(path: path, message: "cannot open the SQLite database: \(error)")
         }
@@ -122,6 +137,9 @@ final class GreylistStore: Sendable {
     /// recipients pass).
     func check(_ triplet: GreylistTriplet, now: Double, countsForClient: Bool) async throws -> Outcome {
         let policy = policy
+        guard let database else {
+            return try await Self.decide(shared!, triplet, now: now, policy: policy, countsForClient: countsForClient)
+        }
         let purge = claimPurge(at: now)
         do {
             return try await database.write { db in
@@ -175,6 +193,38 @@ final class GreylistStore: Sendable {
         return .passed
     }
 
+    /// `decide` on shared state: the same rules, each entry updated atomically across nodes.
+    private static func decide(_ state: any SharedState, _ triplet: GreylistTriplet, now: Double, policy: Policy,
+                               countsForClient: Bool) async throws -> Outcome {
+        let clientKey = "greylist:client:\(triplet.clientNetwork)"
+        if policy.autoAllowlistAfter > 0 {
+            let allowlisted = try await state.update(clientKey, now: now) { entry -> (SharedEntry?, Bool) in
+                guard let entry, Int(entry.values.first ?? 0) >= policy.autoAllowlistAfter else { return (entry, false) }
+                return (SharedEntry(values: entry.values, expiresAt: now + policy.expiry), true)
+            }
+            if allowlisted { return .allowlistedClient }
+        }
+        let key = "greylist:triplet:\(triplet.clientNetwork)|\(triplet.sender)|\(triplet.recipient)"
+        let outcome = try await state.update(key, now: now) { entry -> (SharedEntry?, Outcome) in
+            guard let entry, entry.values.count == 2 else {
+                // New, or expired: start over (-1: not passed yet).
+                return (SharedEntry(values: [now, -1], expiresAt: now + policy.retryWindow), .greylisted(retryIn: seconds(policy.delay), firstSight: true))
+            }
+            let (firstSeen, passedAt) = (entry.values[0], entry.values[1])
+            if passedAt < 0, now - firstSeen < policy.delay {
+                return (entry, .greylisted(retryIn: seconds(policy.delay - (now - firstSeen)), firstSight: false))
+            }
+            return (SharedEntry(values: [firstSeen, passedAt < 0 ? now : passedAt], expiresAt: now + policy.expiry), .passed)
+        }
+        if case .passed = outcome, countsForClient, policy.autoAllowlistAfter > 0 {
+            // An expired count reads as none and starts again from one.
+            _ = try await state.update(clientKey, now: now) { entry -> (SharedEntry?, Bool) in
+                (SharedEntry(values: [(entry?.values.first ?? 0) + 1], expiresAt: now + policy.expiry), true)
+            }
+        }
+        return outcome
+    }
+
     /// Whole seconds to wait, rounded up, at least 1 (a client told 0 would retry at once).
     private static func seconds(_ wait: Double) -> Int {
         max(1, Int(wait.rounded(.up)))
@@ -196,7 +246,8 @@ final class GreylistStore: Sendable {
 
     /// The rows stored (expired or not), for tests and diagnostics.
     func rowCounts() async throws -> (triplets: Int, clients: Int) {
-        try await database.read { db in
+        guard let database else { return (0, 0) }
+        return try await database.read { db in
             (try Int.fetchOne(db, sql: "SELECT count(*) FROM triplet") ?? 0,
              try Int.fetchOne(db, sql: "SELECT count(*) FROM client") ?? 0)
         }

@@ -1,8 +1,10 @@
+import Foundation
 import SluiceStageAPI
 import Synchronization
 
 /// `use = "rate-limit"`: messages and recipients per client address, sender and authenticated
-/// user within an interval, counted in memory (like Postfix's anvil).
+/// user within an interval, counted in memory (like Postfix's anvil), or, on a node of a
+/// cluster (`[cluster]`), in the state every node shares, so a limit counts across the MXes.
 ///
 /// ```toml
 /// [[stage]]
@@ -26,6 +28,9 @@ public struct RateLimitStage: Stage {
     let limits: [Limit: Int]
     let exempt: [CIDR]
     let counters = Counters()
+    /// A cluster's shared state; nil: count in memory.
+    let shared: (any SharedState)?
+    let now: @Sendable () -> Double
 
     enum Limit: String, CaseIterable, Sendable {
         case clientMessages = "client_messages", clientRecipients = "client_recipients"
@@ -42,9 +47,15 @@ public struct RateLimitStage: Stage {
 
     public static let factory = StageFactory(
         name: "rate-limit", summary: "messages/recipients per client, sender and user per interval (451 4.7.1), connections (421)"
-    ) { config, _ in try RateLimitStage(config: config) }
+    ) { config, environment in try RateLimitStage(config: config, sharedState: environment.sharedState) }
 
-    public init(config: ConfigTable) throws {
+    /// - Parameters:
+    ///   - sharedState: count in a cluster's shared state instead of in memory.
+    ///   - now: the wall clock in seconds since 1970 (the shared windows' clock).
+    public init(config: ConfigTable, sharedState: (any SharedState)? = nil,
+                now: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 }) throws {
+        shared = sharedState
+        self.now = now
         interval = .seconds(try config.int("interval_s", default: 3600, range: 1...604_800))
         var limits: [Limit: Int] = [:]
         for limit in Limit.allCases {
@@ -85,9 +96,22 @@ public struct RateLimitStage: Stage {
         exempt.contains { $0.contains(session.clientAddress) }
     }
 
-    private func over(_ limit: Limit, _ key: String, _ what: String) -> Bool {
+    private func over(_ limit: Limit, _ key: String, _ what: String) async throws -> Bool {
         guard let max = limits[limit] else { return false }
-        return !counters.take("\(limit.rawValue)|\(key)", 1, limit: max, interval: interval)
+        guard let shared else { return !counters.take("\(limit.rawValue)|\(key)", 1, limit: max, interval: interval) }
+        return !(try await Self.take(shared, "rate-limit:\(limit.rawValue)|\(key)", limit: max, interval: interval, now: now()))
+    }
+
+    /// The fixed-window counter in shared state: the entry holds the count and the window's start,
+    /// and expires with the window.
+    static func take(_ shared: any SharedState, _ key: String, limit: Int, interval: Duration, now: Double) async throws -> Bool {
+        let seconds = Double(interval.components.seconds)
+        return try await shared.update(key, now: now) { entry -> (SharedEntry?, Bool) in
+            let count = entry?.values.first ?? 0
+            let start = entry.flatMap { $0.values.count > 1 ? $0.values[1] : nil } ?? now
+            guard count + 1 <= Double(limit) else { return (entry, false) }
+            return (SharedEntry(values: [count + 1, start], expiresAt: start + seconds), true)
+        }
     }
 
     private func refusal(_ limit: Limit, _ who: String) -> StageVerdict {
@@ -95,27 +119,27 @@ public struct RateLimitStage: Stage {
     }
 
     public func connect(session: SessionInfo) async throws -> StageVerdict {
-        guard !isExempt(session), over(.clientConnections, session.clientAddress, "connections") else { return .continue }
+        guard !isExempt(session), try await over(.clientConnections, session.clientAddress, "connections") else { return .continue }
         return .disconnect(421, "4.7.0", "Too many connections from \(session.clientAddress) (client_connections = \(limits[.clientConnections]!) per \(interval.components.seconds) s)")
     }
 
     public func mailFrom(session: SessionInfo, transaction: TransactionInfo) async throws -> StageVerdict {
         guard !isExempt(session) else { return .continue }
-        if over(.clientMessages, session.clientAddress, "messages") { return refusal(.clientMessages, "client \(session.clientAddress)") }
-        if let sender = transaction.sender.mailbox.map({ "\($0)".lowercased() }), over(.senderMessages, sender, "messages") {
+        if try await over(.clientMessages, session.clientAddress, "messages") { return refusal(.clientMessages, "client \(session.clientAddress)") }
+        if let sender = transaction.sender.mailbox.map({ "\($0)".lowercased() }), try await over(.senderMessages, sender, "messages") {
             return refusal(.senderMessages, "sender \(sender)")
         }
-        if let user = session.authenticatedUser, over(.userMessages, user, "messages") { return refusal(.userMessages, "user \(user)") }
+        if let user = session.authenticatedUser, try await over(.userMessages, user, "messages") { return refusal(.userMessages, "user \(user)") }
         return .continue
     }
 
     public func rcptTo(_ recipient: Recipient, session: SessionInfo, transaction: TransactionInfo) async throws -> StageVerdict {
         guard !isExempt(session) else { return .continue }
-        if over(.clientRecipients, session.clientAddress, "recipients") { return refusal(.clientRecipients, "client \(session.clientAddress)") }
-        if let sender = transaction.sender.mailbox.map({ "\($0)".lowercased() }), over(.senderRecipients, sender, "recipients") {
+        if try await over(.clientRecipients, session.clientAddress, "recipients") { return refusal(.clientRecipients, "client \(session.clientAddress)") }
+        if let sender = transaction.sender.mailbox.map({ "\($0)".lowercased() }), try await over(.senderRecipients, sender, "recipients") {
             return refusal(.senderRecipients, "sender \(sender)")
         }
-        if let user = session.authenticatedUser, over(.userRecipients, user, "recipients") { return refusal(.userRecipients, "user \(user)") }
+        if let user = session.authenticatedUser, try await over(.userRecipients, user, "recipients") { return refusal(.userRecipients, "user \(user)") }
         return .continue
     }
 }

@@ -263,7 +263,7 @@ public final class DeliveryAgent: Sendable {
                 logger.notice("deferred", metadata: ["queue_id": "\(id)", "retry_in": "\(delay)"])
                 let domains = Set(envelope.recipients.indices.filter { outcomes[$0].map { if case .deferred = $0 { true } else { false } } ?? false }
                     .map { envelope.recipients[$0].address.normalizedDomain })
-                store.retry(message, after: delay, domains: domains)
+                try await store.retry(message, after: delay, domains: domains)
                 return
             }
             var failed: [DeliveryReport.Entry] = []
@@ -293,7 +293,13 @@ public final class DeliveryAgent: Sendable {
             }
         } catch {
             logger.error("delivery bookkeeping failed, will retry", metadata: ["queue_id": "\(id)", "error": "\(error)"])
-            store.retry(message, after: policy.minBackoff, domains: Set(envelope.recipients.map(\.address.normalizedDomain)))
+            do {
+                try await store.retry(message, after: policy.minBackoff, domains: Set(envelope.recipients.map(\.address.normalizedDomain)))
+            } catch {
+                // The store will hand the message out again (a file store at its next start, a
+                // database store when the claim's lease runs out).
+                logger.error("cannot schedule the retry", metadata: ["queue_id": "\(id)", "error": "\(error)"])
+            }
         }
     }
 }

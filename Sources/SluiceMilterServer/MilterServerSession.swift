@@ -306,11 +306,11 @@ final class MilterServerSession {
             outcome.response = MilterResponse.answer(to: .tempfail(reply)).0
         case .disconnect(let reply):
             outcome.response = MilterResponse.answer(to: .disconnect(reply)).0
-        case .accept(let accepted):
-            outcome.quarantine = accepted.quarantine
-            outcome.operations = MilterEditPlan.operations(
-                headers: tx.headers, sender: tx.info.sender, recipients: tx.recipients, draft: accepted.draft
-            )
+        case .quarantine(let accepted, let reason):
+            outcome.quarantine = reason
+            outcome.operations = MilterEditPlan.operations(headers: tx.headers, sender: tx.info.sender, recipients: tx.recipients, draft: accepted.draft)
+        case .spool(let accepted):
+            outcome.operations = MilterEditPlan.operations(headers: tx.headers, sender: tx.info.sender, recipients: tx.recipients, draft: accepted.draft)
         }
         if case .continue = outcome.response, let error = perform(outcome) {
             logger.error("the MTA would not take an edit", metadata: ["queue_id": "\(tx.info.queueID)", "error": "\(error)"])

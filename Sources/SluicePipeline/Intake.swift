@@ -32,8 +32,19 @@ public struct Intake: Sendable {
         /// Accepted and dropped: a stage discarded it, or no recipient is left (`trace` says
         /// which recipients were dropped for want of a route).
         case discard(trace: [TraceEntry])
-        /// Accepted: to be spooled (or handed back to the MTA).
-        case accept(Accepted<Destination>)
+        /// Accepted and held: spooled for an operator to release or delete, never delivered on
+        /// its own (a stage's quarantine, with its reason).
+        case quarantine(Accepted<Destination>, reason: String)
+        /// Accepted: to be spooled for delivery (or handed back to the MTA).
+        case spool(Accepted<Destination>)
+
+        /// The accepted message, spooled or held.
+        public var accepted: Accepted<Destination>? {
+            switch self {
+            case .spool(let a), .quarantine(let a, _): a
+            case .reject, .tempfail, .disconnect, .discard: nil
+            }
+        }
     }
 
     /// An accepted message.
@@ -42,8 +53,6 @@ public struct Intake: Sendable {
         public var draft: MessageDraft
         /// Every recipient left, with its destination, in order.
         public var recipients: [(recipient: Recipient, destination: Destination)]
-        /// Why it is held, when a stage quarantined it.
-        public var quarantine: String?
         /// Trace lines of the intake itself (recipients dropped for want of a route).
         public var trace: [TraceEntry]
     }
@@ -89,7 +98,8 @@ public struct Intake: Sendable {
             }
         }
         guard !recipients.isEmpty else { return .discard(trace: trace) }
-        return .accept(Accepted(draft: draft, recipients: recipients, quarantine: quarantine, trace: trace))
+        let accepted = Accepted(draft: draft, recipients: recipients, trace: trace)
+        return quarantine.map { .quarantine(accepted, reason: $0) } ?? .spool(accepted)
     }
 }
 

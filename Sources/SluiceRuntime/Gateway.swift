@@ -4,6 +4,7 @@ import NIOPosix
 import NIOSSL
 import ServiceLifecycle
 import UnixSignals
+import SluiceCluster
 import SluiceDNS
 import SluicePipeline
 import SluiceServer
@@ -15,7 +16,11 @@ import SluiceStageAPI
 public final class Gateway: Sendable {
     public let config: GatewayConfig.Resolved
     public let chain: StageChain
-    let queue: FileQueueStore
+    let queue: any QueueStore
+    /// The file spool, without `[cluster]`.
+    let fileQueue: FileQueueStore?
+    /// The shared queue in PostgreSQL, with `[cluster]`.
+    let cluster: ClusterNode?
     let delivery: DeliveryAgent
     let server: SMTPServer
     let threadPool: NIOThreadPool
@@ -29,11 +34,19 @@ public final class Gateway: Sendable {
         self.logger = logger
         self.config = config.resolved
         resolver = try config.makeResolver()
-        chain = try registry.buildChain(config, logger: logger, resolver: resolver)
         threadPool = NIOThreadPool(numberOfThreads: config.deliveryConcurrency + 32)
         threadPool.start()
-        let queue = FileQueueStore(layout: SpoolLayout(root: config.spool), threadPool: threadPool, minFreeBytes: UInt64(config.minFreeBytes))
+        let spool = Spool(layout: SpoolLayout(root: config.spool), threadPool: threadPool, minFreeBytes: UInt64(config.minFreeBytes))
+        let queue: any QueueStore
+        if let settings = config.cluster {
+            let node = ClusterNode(settings: settings, scratch: spool, logger: logger)
+            (cluster, fileQueue, queue) = (node, nil, node.store)
+        } else {
+            let file = FileQueueStore(spool: spool)
+            (cluster, fileQueue, queue) = (nil, file, file)
+        }
         self.queue = queue
+        chain = try registry.buildChain(config, logger: logger, resolver: resolver, sharedState: cluster?.sharedState)
         var deliveryLogger = logger
         deliveryLogger[metadataKey: "component"] = "delivery"
         let routes = RouteTable(config.routes)
@@ -88,6 +101,7 @@ public final class Gateway: Sendable {
         session.hookedPhases = Set(StagePhase.allCases.filter(chain.hooks))
         session.makeQueueID = QueueID.make
         session.hasFreeSpace = { queue.hasFreeSpace() }
+        session.queueAvailable = { queue.isAvailable }
         if let senderLogin { session.senderLogin = { senderLogin.allows(user: $0, sender: $1) } }
         if let failures = auth?.failures { session.authBlocked = { failures.count($0) >= failures.maxFailures } }
         session.offersETRN = !config.etrnFrom.isEmpty
@@ -107,19 +121,26 @@ public final class Gateway: Sendable {
     /// Recovers the spool, binds the listeners, and runs until SIGTERM/SIGINT; then stops
     /// accepting, lets open transactions finish (bounded), drains delivery and returns.
     public func run() async throws {
-        let queued = try await queue.recover(logger: logger)
-        if queued > 0 { logger.info("recovered queued messages", metadata: ["count": "\(queued)"]) }
-        let listeners = try await server.bind()
-        logger.info("sluice started", metadata: [
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let cluster {
+            // A wrong password or a too-new schema stops the start; a server that is not up yet
+            // does not: the node waits for it (and refuses mail until it is there).
+            try await cluster.prepare(configFile: config.file)
+            services += cluster.services
+        } else if let fileQueue {
+            let queued = try await fileQueue.recover(logger: logger)
+            if queued > 0 { logger.info("recovered queued messages", metadata: ["count": "\(queued)"]) }
+            services.append(.init(service: QueueControlService(queue: fileQueue)))
+        }
+        let started: Logger.Metadata = [
             "hostname": "\(config.hostname)", "stages": "\(chain.entries.map(\.name).joined(separator: ","))",
             "tls": "\(tls.map { "on (\($0.settings.certificatePath))" } ?? "off (no [tls] in the config)")",
-        ])
-        let smtp = SMTPService(server: server, listeners: listeners, grace: .seconds(config.shutdownGraceSeconds))
+        ]
+        let smtp = SMTPService(server: server, grace: .seconds(config.shutdownGraceSeconds), logger: logger, started: started)
         let deliveryService = DeliveryService(agent: delivery, queue: queue)
-        let control = QueueControlService(queue: queue)
         let reload = ReloadService(tls: tls, logger: logger)
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: deliveryService), .init(service: control), .init(service: reload), .init(service: smtp)],
+            services: services + [.init(service: deliveryService), .init(service: reload), .init(service: smtp)],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))
@@ -142,20 +163,26 @@ extension GatewayConfig {
 
     /// The few settings the running gateway keeps.
     public struct Resolved: Sendable {
+        public var file: String
         public var hostname: String
         public var shutdownGraceSeconds: Int
     }
 
-    var resolved: Resolved { Resolved(hostname: hostname, shutdownGraceSeconds: shutdownGraceSeconds) }
+    var resolved: Resolved { Resolved(file: file, hostname: hostname, shutdownGraceSeconds: shutdownGraceSeconds) }
 }
 
 /// The listeners as a service: on graceful shutdown, stop accepting and drain sessions.
+/// It binds inside the service group, whose signal handlers are then in place: a SIGTERM sent
+/// as soon as the port answers is a graceful shutdown, never the default action.
 struct SMTPService: Service {
     let server: SMTPServer
-    let listeners: [any Channel]
     let grace: Duration
+    let logger: Logger
+    let started: Logger.Metadata
 
     func run() async throws {
+        let listeners = try await server.bind()
+        logger.info("sluice started", metadata: started)
         try? await gracefulShutdown()
         await server.shutdown(listeners: listeners, grace: grace)
     }

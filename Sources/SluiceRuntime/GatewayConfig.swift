@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import SluiceCluster
 import SluiceDNS
 import SluicePipeline
 import SluiceServer
@@ -50,6 +51,9 @@ import SluiceStageAPI
 /// (`"none"` | `"opportunistic"` (default) | `"required"` | `"verify"`: STARTTLS with a certificate
 /// chain that verifies and names the next hop, or the mail waits), `tls_ca_file` (only with
 /// `tls = "verify"`: a PEM bundle of trust anchors; default the system trust store).
+/// `[cluster]` keys (cluster mode: the queue in PostgreSQL, shared by several nodes; see
+/// `ClusterSettings`): `postgres` (required URL), `password_file`, `node` (default: `hostname`),
+/// `lease_s` (60). Without `[cluster]` the queue is the file spool at `spool`.
 /// `[[stage]]`: `use` (a registered stage), `name` (default: `use`), `timeout_ms` (30000),
 /// `on_error` (`"tempfail"` | `"accept"` | `"reject"`), and the stage's own keys.
 public struct GatewayConfig {
@@ -112,6 +116,8 @@ public struct GatewayConfig {
     /// The `tls` and `tls_ca_file` of an `mx` route, for every mail host it finds.
     public var mxTLS: RelayTLSSettings
     public var relayTimeouts: RelayTimeouts
+    /// `[cluster]`, when present.
+    public var cluster: ClusterSettings?
 
     /// - Parameter stagesOnly: for `sluice milter`, which runs only the stage chain: no
     ///   `[[listener]]` is required (listeners, routes and the rest are read and checked if present).
@@ -159,6 +165,11 @@ public struct GatewayConfig {
         if let v = root.value("dns") {
             guard case .table(let t) = v else { throw root.error("dns", "expected a [dns] table") }
             dnsValues = t
+        }
+        var clusterValues: [String: ConfigValue]?
+        if let v = root.value("cluster") {
+            guard case .table(let t) = v else { throw root.error("cluster", "expected a [cluster] table") }
+            clusterValues = t
         }
         try root.finish()
 
@@ -255,6 +266,12 @@ public struct GatewayConfig {
             auth = nil
         }
 
+        if let clusterValues {
+            cluster = try Self.cluster(file.table("cluster", clusterValues), hostname: hostname, resolve: resolve)
+        } else {
+            cluster = nil
+        }
+
         listeners = []
         listenerTexts = []
         for (i, values) in listenerTables.enumerated() {
@@ -328,6 +345,37 @@ public struct GatewayConfig {
             let policy = try t.choice("on_error", FailurePolicy.allCases.map(\.rawValue), default: "tempfail")
             stages.append(StageSpec(kind: kind, name: name, timeout: .milliseconds(timeout), onError: FailurePolicy(rawValue: policy)!, table: t))
         }
+    }
+
+    /// `[cluster]`: the URL checked, the password read (a `password_file` wins over the URL's).
+    static func cluster(_ t: ConfigTable, hostname: String, resolve: (String) -> String) throws -> ClusterSettings {
+        guard let url = try t.string("postgres") else {
+            throw t.error("postgres", "missing: the PostgreSQL URL, e.g. \"postgresql://sluice@127.0.0.1:5432/sluice\"")
+        }
+        let parsed: (host: String, port: Int, username: String, password: String?, database: String)
+        do {
+            parsed = try ClusterSettings.parse(url: url)
+        } catch let error as ClusterSettings.URLError {
+            throw t.error("postgres", error.description)
+        }
+        var password = parsed.password
+        if let file = try t.string("password_file") {
+            let path = resolve(file)
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw t.error("password_file", "cannot read \(path): create it with the PostgreSQL password on its first line, readable by sluice only")
+            }
+            password = String(text.split(separator: "\n", omittingEmptySubsequences: false).first ?? "")
+        }
+        let node = try t.string("node", default: hostname)
+        guard !node.isEmpty, node.utf8.count <= 255, node.allSatisfy({ $0.isLetter || $0.isNumber || "._-".contains($0) }) else {
+            throw t.error("node", "'\(node)' is not a node name (letters, digits, '.', '_', '-')")
+        }
+        let lease = try t.int("lease_s", default: 60, range: 5...86_400)
+        try t.finish()
+        return ClusterSettings(
+            host: parsed.host, port: parsed.port, username: parsed.username, password: password, database: parsed.database,
+            node: node, leaseSeconds: lease
+        )
     }
 
     /// A route's `tls` with its `tls_ca_file` (read here, so a bundle that cannot be used is a

@@ -25,7 +25,10 @@ public struct StageRegistry: Sendable {
     public func factory(_ name: String) -> StageFactory? { factories[name] }
 
     /// Makes every configured stage and the checked chain.
-    public func buildChain(_ config: GatewayConfig, logger: Logger, resolver: any DNSResolver = NoResolver()) throws -> StageChain {
+    /// - Parameter sharedState: a cluster's shared state, for the stages that keep some.
+    public func buildChain(
+        _ config: GatewayConfig, logger: Logger, resolver: any DNSResolver = NoResolver(), sharedState: (any SharedState)? = nil
+    ) throws -> StageChain {
         var entries: [StageEntry] = []
         for spec in config.stages {
             guard let factory = factories[spec.kind] else {
@@ -34,7 +37,8 @@ public struct StageRegistry: Sendable {
             var stageLogger = logger
             stageLogger[metadataKey: "stage"] = "\(spec.name)"
             let environment = StageEnvironment(
-                hostname: config.hostname, configDirectory: config.directory, logger: stageLogger, resolver: resolver
+                hostname: config.hostname, configDirectory: config.directory, logger: stageLogger, resolver: resolver,
+                sharedState: sharedState
             )
             let stage = try factory.makeStage(config: spec.table, environment: environment)
             try spec.table.finish()

@@ -24,7 +24,7 @@ enum CommitPlan {
     }
 
     static func make(
-        _ accepted: Intake.Accepted<Destination>, section: HeaderSection, transaction tx: SessionStateMachine.Transaction,
+        _ accepted: Intake.Accepted<Destination>, quarantine: String?, section: HeaderSection, transaction tx: SessionStateMachine.Transaction,
         origin: Origin, trace: [TraceEntry]
     ) -> DraftCommit {
         let edited = accepted.draft
@@ -37,12 +37,12 @@ enum CommitPlan {
             id: tx.queueID, sender: edited.sender, senderParameters: edited.senderParameters, recipients: recipients,
             client: .init(address: origin.clientAddress, port: origin.clientPort, helo: origin.heloName),
             protocolName: origin.protocolName, receivedAt: origin.receivedAt,
-            size: tx.data?.size ?? 0, body: tx.parameters.body, smtputf8: tx.parameters.smtputf8, quarantine: accepted.quarantine,
+            size: tx.data?.size ?? 0, body: tx.parameters.body, smtputf8: tx.parameters.smtputf8, quarantine: quarantine,
             trace: trace, dsnReturn: dsn.ret, envelopeID: dsn.envelopeID
         )
         var commit = DraftCommit(
             envelope: envelope, headers: edited.headersChanged ? edited.headers : nil,
-            bodyOffset: section.bodyOffset, replacementBody: edited.replacementBodyPath, quarantine: accepted.quarantine != nil
+            bodyOffset: section.bodyOffset, replacementBody: edited.replacementBodyPath, quarantine: quarantine != nil
         )
         // Fields only put on top (Received-SPF, Authentication-Results, ...) need no rewrite
         // of the spooled content: they travel in the envelope.

@@ -21,6 +21,9 @@ public struct SessionConfiguration: Sendable {
     public var limits = SMTPLimits()
     /// False when the spool is short of space (`[server] min_free_bytes`): MAIL gets 452 4.3.1.
     public var hasFreeSpace: @Sendable () -> Bool = { true }
+    /// False when the queue cannot take mail now (a cluster's database is unreachable): MAIL
+    /// gets 451 4.3.0, so nothing is accepted that could not be stored.
+    public var queueAvailable: @Sendable () -> Bool = { true }
     /// ETRN (RFC 1985) is offered (`[server] etrn_from` not empty); the session asks the queue
     /// for a run with `requestQueueRun`.
     public var offersETRN = false

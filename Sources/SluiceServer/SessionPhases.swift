@@ -16,6 +16,12 @@ extension StageChain {
         return PhaseResult(verdict: .continue, trace: [])
     }
 
+    /// The stages of RCPT for one recipient.
+    func run(recipient: Recipient, session: SessionInfo, transaction: TransactionInfo?) async -> PhaseResult {
+        guard let transaction else { return PhaseResult(verdict: .continue, trace: []) }
+        return await rcptTo(recipient, session: session, transaction: transaction)
+    }
+
     /// Data-phase stages on what the session gives them: the header section (and what followed
     /// it as the first body chunk), or `chunk` as body.
     func run(_ feed: DataFeed, chunk: @autoclosure () -> [UInt8], session: SessionInfo, transaction: TransactionInfo) async -> PhaseResult {

@@ -102,6 +102,8 @@ public struct SessionStateMachine: Sendable {
     /// What the stages did at connect and HELO: part of every transaction's trace.
     public private(set) var sessionTrace: [TraceEntry] = []
     private var pendingEHLO: String?
+    /// The gateway is shutting down: the next command hears 421.
+    private var shutdownPending = false
     private var pendingRecipient: (Recipient, Destination)?
     private var errors = 0
     /// A connect- or helo-phase verdict that applies to every later message.
@@ -187,6 +189,15 @@ public struct SessionStateMachine: Sendable {
         return .send(reply)
     }
 
+    /// The gateway began shutting down: a session waiting for its next command with nothing
+    /// buffered (`idle`) hears 421 now; any other hears it in answer to its next command.
+    public mutating func shutdownRequested(idle: Bool) -> Action {
+        shutdownPending = true
+        guard idle, phase == .command else { return .none }
+        phase = .closed
+        return .sendAndClose(SMTPReply(421, "4.3.2", "\(configuration.hostname) Service shutting down, closing connection"))
+    }
+
     /// A command line (or an over-long one) arrived.
     /// - Parameter pipelinedInput: more input was already buffered behind this line.
     public mutating func commandLine(_ line: [UInt8]?, pipelinedInput: Bool, shuttingDown: Bool = false) -> Action {
@@ -194,7 +205,7 @@ public struct SessionStateMachine: Sendable {
             return authResponse(line, mechanism: mechanism, user: user)
         }
         guard phase == .command else { return .none }
-        if shuttingDown {
+        if shuttingDown || shutdownPending {
             phase = .closed
             return .sendAndClose(SMTPReply(421, "4.3.2", "\(configuration.hostname) Service shutting down, closing connection"))
         }
@@ -395,6 +406,13 @@ public struct SessionStateMachine: Sendable {
         return .send(SMTPReply(250, "2.0.0", "OK, queuing for node \(domain) started"))
     }
 
+    /// ETRN: the queue could not be asked (RFC 1985: 458).
+    public mutating func queueRunFailed(_ domain: String) -> Action {
+        guard phase == .startingQueueRun else { return .none }
+        phase = .command
+        return .send(SMTPReply(458, "4.3.0", "Unable to queue messages for node \(domain)"))
+    }
+
     private func heloReply() -> SMTPReply {
         guard pendingEHLO != nil else { return SMTPReply(250, nil, configuration.hostname) }
         var lines = [configuration.hostname, "PIPELINING", "SIZE \(configuration.maxMessageBytes)"]
@@ -430,6 +448,9 @@ public struct SessionStateMachine: Sendable {
         }
         guard configuration.hasFreeSpace() else {
             return fail(SMTPReply(452, "4.3.1", "Error: insufficient system storage"))
+        }
+        guard configuration.queueAvailable() else {
+            return fail(SMTPReply(451, "4.3.0", "Error: queue unavailable, try again later"))
         }
         transaction = Transaction(queueID: configuration.makeQueueID(), sender: path, parameters: params)
         if configuration.hookedPhases.contains(.mailFrom) {

@@ -42,6 +42,7 @@ public final class FileQueueStore: QueueStore, QueueInspection {
     // MARK: Receiving
 
     public func hasFreeSpace() -> Bool { spool.hasFreeSpace() }
+    public var isAvailable: Bool { true }
 
     public func makeDraft(id: String, eventLoop: any EventLoop) -> any QueueDraft {
         spool.makeDraft(id: id, eventLoop: eventLoop)
@@ -87,7 +88,11 @@ public final class FileQueueStore: QueueStore, QueueInspection {
         try await threadPool.runIfActive { try DeliveryState.append(layout, id, records) }
     }
 
-    public func retry(_ message: QueuedMessage, after delay: Duration, domains: Set<String>) {
+    public func retry(_ message: QueuedMessage, after delay: Duration, domains: Set<String>) async throws {
+        schedule(message, after: delay, domains: domains)
+    }
+
+    private func schedule(_ message: QueuedMessage, after delay: Duration, domains: Set<String>) {
         let id = message.id
         attempts.withLock { $0[id] = message.attempts + 1 }
         let task = Task {
@@ -115,7 +120,13 @@ public final class FileQueueStore: QueueStore, QueueInspection {
     }
 
     @discardableResult
-    public func flush(_ id: String?) -> Int {
+    public func flush(_ id: String?) async throws -> Int {
+        flushNow(id)
+    }
+
+    /// Makes deferred messages due now (all, or the one by id); returns how many.
+    @discardableResult
+    func flushNow(_ id: String?) -> Int {
         let due: [String] = retries.withLock { r in
             let ids = id.map { r[$0] == nil ? [] : [$0] } ?? Array(r.keys)
             for i in ids { r.removeValue(forKey: i)?.task.cancel() }
@@ -129,7 +140,7 @@ public final class FileQueueStore: QueueStore, QueueInspection {
         return due.count
     }
 
-    public func flush(domain: String) -> Int {
+    public func flush(domain: String) async throws -> Int {
         let wanted = domain.lowercased()
         let due: [String] = retries.withLock { r in
             let ids = r.filter { $0.value.domains.contains(wanted) }.map(\.key)
@@ -144,7 +155,7 @@ public final class FileQueueStore: QueueStore, QueueInspection {
 
     /// Takes the requests `sluice queue` left in `control/` and acts on them (see `QueueControl`).
     public func takeControlRequests() {
-        for request in QueueControl.takeRequests(layout) { flush(request) }
+        for request in QueueControl.takeRequests(layout) { flushNow(request) }
     }
 
     // MARK: Inspection

@@ -15,6 +15,9 @@ public protocol QueueStore: AnyObject, Sendable {
 
     /// False when MAIL should get `452 4.3.1` (free space below `[server] min_free_bytes`).
     func hasFreeSpace() -> Bool
+    /// False when MAIL should get `451 4.3.0`: the store cannot take mail now (a database that
+    /// is unreachable). A file spool always can.
+    var isAvailable: Bool { get }
     /// A new message being received on `eventLoop`; nothing is durable before its `commit`.
     func makeDraft(id: String, eventLoop: any EventLoop) -> any QueueDraft
     /// A message committed (its 250 sent or about to be): due for delivery now.
@@ -38,7 +41,7 @@ public protocol QueueStore: AnyObject, Sendable {
     func record(_ message: QueuedMessage, _ resolutions: [(Int, RecipientResolution)], warned: Bool) async throws
     /// Ends the attempt with recipients still deferred: the message is due again after `delay`
     /// (or at a flush, or an ETRN for one of `domains`).
-    func retry(_ message: QueuedMessage, after delay: Duration, domains: Set<String>)
+    func retry(_ message: QueuedMessage, after delay: Duration, domains: Set<String>) async throws
     /// Ends the message: every recipient is resolved; it leaves the queue.
     func complete(_ message: QueuedMessage) async throws
     /// Queues a message the gateway wrote itself (a bounce or a notice), as durably as a received
@@ -46,9 +49,9 @@ public protocol QueueStore: AnyObject, Sendable {
     func enqueueGenerated(content: [UInt8], envelope: SpoolEnvelope) async throws
     /// Makes deferred messages due now (all, or one by id, which may also be a message just
     /// released from hold). Returns how many.
-    @discardableResult func flush(_ id: String?) -> Int
+    @discardableResult func flush(_ id: String?) async throws -> Int
     /// ETRN (RFC 1985): makes due now the deferred messages with a recipient in `domain`.
-    func flush(domain: String) -> Int
+    func flush(domain: String) async throws -> Int
     /// No more due messages: `due` ends.
     func finish()
 }
@@ -78,10 +81,13 @@ public struct QueueListing: Sendable {
 
     public var envelope: SpoolEnvelope
     public var state: State
+    /// The node holding a delivery claim on it (a cluster's queue only).
+    public var claimedBy: String?
 
-    public init(envelope: SpoolEnvelope, state: State) {
+    public init(envelope: SpoolEnvelope, state: State, claimedBy: String? = nil) {
         self.envelope = envelope
         self.state = state
+        self.claimedBy = claimedBy
     }
 }
 

@@ -143,36 +143,14 @@ public final class SpoolDraft: QueueDraft {
         let spool = self.spool
         let layout = spool.layout
         return spool.threadPool.runIfActive(eventLoop: eventLoop) {
-            var out = fd
+            var out: Int32 = -1
             var outPath = path
             var renamedTo: String?
             do {
-                if out < 0 { out = try spool.files.create(path) }
-                try buffer.withUnsafeReadableBytes { try FileIO.writeAll(out, $0, path: path) }
+                (out, outPath) = try Self.finishContent(fd: fd, path: path, pending: buffer, commit: commit, files: spool.files)
                 var envelope = commit.envelope
                 if !commit.prepend.isEmpty {
                     envelope.prepend = String(decoding: HeaderSection.encodeFields(commit.prepend), as: UTF8.self)
-                }
-                if commit.headers != nil || commit.replacementBody != nil {
-                    // Rewrite: edited header section, then the original or the replacement body.
-                    let rewritten = path + ".edited"
-                    let newFD = try FileIO.createExclusive(rewritten)
-                    do {
-                        let headers = try commit.headers ?? Self.originalHeaders(fd: out, path: path, bodyOffset: commit.bodyOffset)
-                        try Self.writeRewritten(
-                            to: newFD, path: rewritten, headers: headers, originalFD: out, originalPath: path,
-                            bodyOffset: commit.bodyOffset, replacement: commit.replacementBody
-                        )
-                    } catch {
-                        close(newFD)
-                        try? FileIO.unlink(rewritten)
-                        throw error
-                    }
-                    close(out)
-                    try? FileIO.unlink(path)
-                    if let r = commit.replacementBody { try? FileIO.unlink(r) }
-                    out = newFD
-                    outPath = rewritten
                 }
                 let offset = try FileIO.fileSize(out, path: outPath)
                 envelope.size = offset
@@ -196,6 +174,75 @@ public final class SpoolDraft: QueueDraft {
                 if let renamedTo { try? FileIO.unlink(renamedTo) }
                 throw error
             }
+        }
+    }
+
+    /// Ends the draft for a store that keeps content elsewhere (a database): the commit's edits
+    /// are applied as `commit` applies them, and the content comes back with the envelope as
+    /// stored (its `prepend` and `size` set). Nothing is made durable here. A content file is
+    /// the taker's to remove.
+    public func take(_ commit: DraftCommit) -> EventLoopFuture<(content: DraftContent, envelope: SpoolEnvelope)> {
+        if discarded { return eventLoop.makeFailedFuture(SpoolDraftDiscarded()) }
+        discarded = true
+        let buffer = pending
+        pending = ByteBufferAllocator().buffer(capacity: 0)
+        let fd = self.fd
+        self.fd = -1
+        var envelope = commit.envelope
+        if !commit.prepend.isEmpty {
+            envelope.prepend = String(decoding: HeaderSection.encodeFields(commit.prepend), as: UTF8.self)
+        }
+        if fd < 0, commit.headers == nil, commit.replacementBody == nil {
+            // It never left memory, and nothing rewrites it.
+            envelope.size = buffer.readableBytes
+            return eventLoop.makeSucceededFuture((.memory(buffer), envelope))
+        }
+        let (path, files) = (tmpPath, spool.files)
+        return spool.threadPool.runIfActive(eventLoop: eventLoop) { [envelope] in
+            var envelope = envelope
+            let (out, outPath) = try Self.finishContent(fd: fd, path: path, pending: buffer, commit: commit, files: files)
+            defer { close(out) }
+            do {
+                envelope.size = try FileIO.fileSize(out, path: outPath)
+            } catch {
+                try? FileIO.unlink(outPath)
+                throw error
+            }
+            return (.file(path: outPath, length: envelope.size), envelope)
+        }
+    }
+
+    /// Writes `pending` after what `fd` holds (creating the file at `path` when `fd` is -1), then
+    /// applies the commit's edits (an edited header section, a replacement body) into a new file.
+    /// Returns the descriptor and path of the finished content; on failure both are closed.
+    private static func finishContent(
+        fd: Int32, path: String, pending: ByteBuffer, commit: DraftCommit, files: FilePool
+    ) throws -> (fd: Int32, path: String) {
+        let out = fd >= 0 ? fd : try files.create(path)
+        do {
+            try pending.withUnsafeReadableBytes { try FileIO.writeAll(out, $0, path: path) }
+            guard commit.headers != nil || commit.replacementBody != nil else { return (out, path) }
+            // Rewrite: edited header section, then the original or the replacement body.
+            let rewritten = path + ".edited"
+            let newFD = try FileIO.createExclusive(rewritten)
+            do {
+                let headers = try commit.headers ?? originalHeaders(fd: out, path: path, bodyOffset: commit.bodyOffset)
+                try writeRewritten(
+                    to: newFD, path: rewritten, headers: headers, originalFD: out, originalPath: path,
+                    bodyOffset: commit.bodyOffset, replacement: commit.replacementBody
+                )
+            } catch {
+                close(newFD)
+                try? FileIO.unlink(rewritten)
+                throw error
+            }
+            close(out)
+            try? FileIO.unlink(path)
+            if let r = commit.replacementBody { try? FileIO.unlink(r) }
+            return (newFD, rewritten)
+        } catch {
+            close(out)
+            throw error
         }
     }
 
@@ -289,4 +336,13 @@ public struct DraftCommit: Sendable {
         self.replacementBody = replacementBody
         self.quarantine = quarantine
     }
+}
+
+/// A draft's finished content, as `SpoolDraft.take` gives it to a store that keeps content
+/// elsewhere.
+public enum DraftContent: Sendable {
+    /// It never left memory.
+    case memory(ByteBuffer)
+    /// A local file of `length` octets, the taker's to remove.
+    case file(path: String, length: Int)
 }

@@ -12,7 +12,7 @@ public enum SpoolFileFormat {
         return marker + Array((String(repeating: "0", count: 20 - digits.count) + digits).utf8) + [0x0A]
     }
 
-    static func encodeEnvelope(_ envelope: SpoolEnvelope) throws -> [UInt8] {
+    package static func encodeEnvelope(_ envelope: SpoolEnvelope) throws -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         return Array(try encoder.encode(envelope))

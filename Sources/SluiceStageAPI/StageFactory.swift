@@ -10,12 +10,18 @@ public struct StageEnvironment: Sendable {
     public var logger: Logger
     /// The gateway's DNS resolver (`[dns]`), with its cache and timeouts.
     public var resolver: any DNSResolver
+    /// State shared by every node of a cluster (`[cluster]`); nil on a single node.
+    public var sharedState: (any SharedState)?
 
-    public init(hostname: String, configDirectory: String, logger: Logger, resolver: any DNSResolver = NoResolver()) {
+    public init(
+        hostname: String, configDirectory: String, logger: Logger, resolver: any DNSResolver = NoResolver(),
+        sharedState: (any SharedState)? = nil
+    ) {
         self.hostname = hostname
         self.configDirectory = configDirectory
         self.logger = logger
         self.resolver = resolver
+        self.sharedState = sharedState
     }
 
     /// Resolves a path from the config against the config file's directory.

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import SluicePipeline
+import SluiceCluster
 import SluiceRuntime
 import SluiceSpool
 import SluiceStageAPI
@@ -11,7 +12,7 @@ struct Sluice: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sluice",
         abstract: "An SMTP gateway with a programmable stage pipeline.",
-        subcommands: [Run.self, CheckConfig.self, Milter.self, Queue.self, SPF.self, TLS.self, Passwd.self, DKIM.self]
+        subcommands: [Run.self, CheckConfig.self, Milter.self, Queue.self, Cluster.self, SPF.self, TLS.self, Passwd.self, DKIM.self]
     )
 }
 
@@ -52,15 +53,27 @@ struct Run: AsyncParsableCommand {
     }
 }
 
-struct CheckConfig: ParsableCommand {
+struct CheckConfig: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "check-config",
         abstract: "Validate the configuration and print the resolved stage chain."
     )
     @OptionGroup var options: ConfigOption
 
-    func run() throws {
+    func run() async throws {
         let config = try options.load()
+        var clusterLine: String?
+        if let cluster = config.cluster {
+            // The password and the schema are configuration; a server that is down is not.
+            do {
+                try await cluster.check(migrate: false, logger: Logger(label: "check-config"))
+                clusterLine = "cluster: node \(cluster.node), PostgreSQL \(cluster.username)@\(cluster.host):\(cluster.port)/\(cluster.database), lease \(cluster.leaseSeconds) s"
+            } catch let problem where problem.isConfigurationError {
+                throw Failure("\(config.file): [cluster] \(problem)")
+            } catch {
+                clusterLine = "cluster: node \(cluster.node); \(error) (not a configuration error: the node waits for it)"
+            }
+        }
         let chain: StageChain
         do {
             chain = try StageRegistry().buildChain(config, logger: Logger(label: "check-config"))
@@ -71,7 +84,8 @@ struct CheckConfig: ParsableCommand {
         print("hostname: \(config.hostname)")
         print("listeners: " + zip(config.listenerTexts, config.listeners).map { "\($0) (\($1.kind.rawValue))" }.joined(separator: ", "))
         print("tls: " + (config.tls.map { "certificate \($0.certificatePath), key \($0.keyPath)" } ?? "off"))
-        print("spool: \(config.spool)")
+        print("spool: \(config.spool)" + (config.cluster == nil ? "" : " (drafts only: the queue is in PostgreSQL)"))
+        if let clusterLine { print(clusterLine) }
         for route in config.routes {
             print("route: \(route.domains.joined(separator: ", ")) -> \(route.destination)")
         }
@@ -102,10 +116,11 @@ struct Queue: ParsableCommand {
         subcommands: [List.self, Show.self, Flush.self, Delete.self, Hold.self, Release.self]
     )
 
-    /// The queue of `--config`, whether the gateway runs or not.
-    static func store(_ options: ConfigOption) throws -> any QueueInspection {
+    /// Runs `body` on the queue of `--config`, whether the gateway runs or not: the file spool,
+    /// or with `[cluster]` the queue every node shares in PostgreSQL.
+    static func withStore<T: Sendable>(_ options: ConfigOption, _ body: (any QueueInspection) async throws -> T) async throws -> T {
         let config = try options.load()
-        return FileQueueStore.inspecting(SpoolLayout(root: config.spool))
+        return try await config.withQueue(logger: Logger(label: "sluice-queue"), body)
     }
 
     /// One operation on one message (or, for flush, on all): the shape every changing command shares.
@@ -175,8 +190,11 @@ struct Queue: ParsableCommand {
         var receivedAt: Double
         var sender: String
         var recipients: [String]
+        /// The node delivering it now (a cluster's queue only).
+        var claimedBy: String?
 
         init(_ m: QueueListing) {
+            claimedBy = m.claimedBy
             id = m.envelope.id
             state = m.state.rawValue
             size = m.envelope.size
@@ -192,7 +210,7 @@ struct Queue: ParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() async throws {
-            let rows = try await Queue.store(options).list().map(Summary.init)
+            let rows = try await Queue.withStore(options) { try await $0.list() }.map(Summary.init)
             if json {
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -205,7 +223,8 @@ struct Queue: ParsableCommand {
             }
             for r in rows {
                 let when = Date(timeIntervalSince1970: r.receivedAt).formatted(.iso8601)
-                print("\(r.id)\(r.state == "queued" ? "" : " [\(r.state)]")  \(r.size)  \(when)  \(r.sender)")
+                let claim = r.claimedBy.map { "  (claimed by \($0))" } ?? ""
+            print("\(r.id)\(r.state == "queued" ? "" : " [\(r.state)]")  \(r.size)  \(when)  \(r.sender)\(claim)")
                 for rcpt in r.recipients { print("    \(rcpt)") }
             }
             print("\(rows.count) message(s)")
@@ -218,7 +237,7 @@ struct Queue: ParsableCommand {
         @Argument(help: "The queue id.") var id: String
 
         func run() async throws {
-            guard let found = try await Queue.store(options).show(id) else {
+            guard let found = try await Queue.withStore(options, { try await $0.show(id) }) else {
                 throw Failure("no message \(id) in the queue")
             }
             let e = found.envelope
@@ -240,9 +259,11 @@ struct Queue: ParsableCommand {
 
 extension Queue.Operation {
     func run() async throws {
-        let store = try Queue.store(options)
+        let target = self.target
         do {
-            print(try await Self.perform(store, target))
+            print(try await Queue.withStore(options) { try await Self.perform($0, target) })
+        } catch let failure as Failure {
+            throw failure
         } catch {
             throw Failure("\(error)")
         }

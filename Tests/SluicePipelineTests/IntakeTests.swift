@@ -24,8 +24,8 @@ struct IntakeTests {
     }
 
     func accepted(_ d: Intake.Decision<String>, sourceLocation: SourceLocation = #_sourceLocation) -> Intake.Accepted<String>? {
-        guard case .accept(let a) = d else {
-            Issue.record("expected accept, got \(d)", sourceLocation: sourceLocation)
+        guard case .spool(let a) = d else {
+            Issue.record("expected spool, got \(d)", sourceLocation: sourceLocation)
             return nil
         }
         return a
@@ -34,15 +34,18 @@ struct IntakeTests {
     @Test func continueAcceptsWithEveryRecipientRouted() throws {
         let a = try #require(accepted(intake.decide(eom(.continue), results: nil, held: nil, route: route)))
         #expect(a.recipients.map(\.destination) == ["dest:example.test"])
-        #expect(a.quarantine == nil)
         #expect(a.trace.isEmpty)
         #expect(!a.draft.headersChanged)
     }
 
     @Test func aHeldQuarantineWinsOverContinueButNotOverARefusal() throws {
         let held = StageVerdict.quarantine(reason: "held at rcpt")
-        let a = try #require(accepted(intake.decide(eom(.continue), results: nil, held: held, route: route)))
-        #expect(a.quarantine == "held at rcpt")
+        guard case .quarantine(let a, let reason) = intake.decide(eom(.continue), results: nil, held: held, route: route) else {
+            Issue.record("a held quarantine wins over continue")
+            return
+        }
+        #expect(reason == "held at rcpt")
+        #expect(a.recipients.map(\.destination) == ["dest:example.test"])
         guard case .reject(let reply) = intake.decide(eom(.reject(550, "5.7.1", "no")), results: nil, held: held, route: route) else {
             Issue.record("a refusal at end of message wins")
             return
@@ -52,6 +55,14 @@ struct IntakeTests {
             Issue.record("a held discard wins over continue")
             return
         }
+    }
+
+    @Test func aQuarantineAtEndOfMessageHoldsTheMessage() {
+        guard case .quarantine(_, let reason) = intake.decide(eom(.quarantine(reason: "spam")), results: nil, held: nil, route: route) else {
+            Issue.record("quarantine at end of message")
+            return
+        }
+        #expect(reason == "spam")
     }
 
     @Test func refusalsKeepTheirKind() {

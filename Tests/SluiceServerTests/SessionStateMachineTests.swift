@@ -334,6 +334,22 @@ struct SessionStateMachineTests {
         #expect(describe(s.machine.commandLine(Array("NOOP".utf8), pipelinedInput: false, shuttingDown: true)) == "421 4.3.2 close")
     }
 
+    @Test func aShutdownAnswersAnIdleSessionAtOnceAndABusyOneAtItsNextCommand() {
+        var idle = Session()
+        _ = idle.machine.connected()
+        #expect(describe(idle.machine.shutdownRequested(idle: true)) == "421 4.3.2 close")
+        #expect(idle.machine.isClosed)
+
+        var busy = Session.inTransaction()
+        #expect(describe(busy.machine.shutdownRequested(idle: false)) == "none")
+        #expect(busy.send("RCPT TO:<b@example.test>") == "421 4.3.2 close")
+
+        var greeting = Session()
+        #expect(describe(greeting.machine.shutdownRequested(idle: true)) == "none", "not yet greeted: nothing to answer")
+        _ = greeting.machine.connected()
+        #expect(greeting.send("NOOP") == "421 4.3.2 close")
+    }
+
     @Test func timeout() {
         var s = Session.inTransaction()
         #expect(describe(s.machine.timedOut()) == "421 4.4.2 close")

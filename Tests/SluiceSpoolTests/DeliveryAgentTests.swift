@@ -47,6 +47,7 @@ final class MemoryQueueStore: QueueStore {
     var snapshot: State { state.withLock { $0 } }
 
     func hasFreeSpace() -> Bool { true }
+    var isAvailable: Bool { true }
     func makeDraft(id: String, eventLoop: any EventLoop) -> any QueueDraft { fatalError("delivery tests do not receive") }
     func announce(_ id: String) { input.yield(id) }
     func recover(logger: Logger) async throws -> Int { 0 }
@@ -77,7 +78,7 @@ final class MemoryQueueStore: QueueStore {
         }
     }
 
-    func retry(_ message: QueuedMessage, after delay: Duration, domains: Set<String>) {
+    func retry(_ message: QueuedMessage, after delay: Duration, domains: Set<String>) async throws {
         state.withLock { s in
             s.messages[message.id]?.attempts = message.attempts + 1
             s.retried.append((message.id, delay, domains))
@@ -95,8 +96,8 @@ final class MemoryQueueStore: QueueStore {
         add(envelope, content: content)
     }
 
-    func flush(_ id: String?) -> Int { 0 }
-    func flush(domain: String) -> Int { 0 }
+    func flush(_ id: String?) async throws -> Int { 0 }
+    func flush(domain: String) async throws -> Int { 0 }
     func finish() { input.finish() }
 }
 

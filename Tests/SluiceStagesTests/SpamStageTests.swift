@@ -210,7 +210,8 @@ struct SpamStageTests {
         let stage = try Self.spamd(peer, ["timeout_ms": .int(200)])
         let start = ContinuousClock.now
         await #expect(throws: (any Error).self) { _ = try await Self.scan(stage) }
-        #expect(ContinuousClock.now - start < .seconds(2))
+        // Without the timeout the scan would wait for ever; the bound leaves room for a loaded machine.
+        #expect(ContinuousClock.now - start < .seconds(10))
     }
 
     /// on_error is applied by the chain, around the stage, as in the gateway.

@@ -33,7 +33,8 @@ EXIT_STATUSES = """exit status: 0 every part passed; 1 a part failed (setup, cra
 a missing tool); 3 the idle check held fewer connections than asked or went over its RSS limit;
 4 acceptance with delivery on below BENCH_ACCEPT_TARGET % of acceptance alone; 5 the spf run below
 BENCH_SPF_TARGET %; 6 the auth run below BENCH_AUTH_TARGET %; 7 the spam run below BENCH_SPAM_TARGET %
-of Postfix's; 8 the milter run below BENCH_MILTER_TARGET % of Postfix's.  The lowest wins;
+of Postfix's; 8 the milter run below BENCH_MILTER_TARGET % of Postfix's; 9 one Sluice node on PostgreSQL
+below BENCH_CLUSTER_TARGET % of Postfix's relay rate (the cluster scenario).  The lowest wins;
 130/143 after SIGINT/SIGTERM."""
 
 
@@ -47,6 +48,20 @@ def usage_epilog() -> str:
     for var, _attr, default, doc in core.KNOBS:
         lines.append(f"  {var:22} {doc} ({default if default != '' else '-'})")
     return "\n".join(lines + ["", EXIT_STATUSES])
+
+
+def executable(var: str, value: str) -> str:
+    """The real path of the binary a setting names; BenchError unless it is an executable file."""
+    path = os.path.realpath(value)
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise BenchError(f"{var}={value} is not an executable file")
+    return path
+
+
+def servers_text(cfg, s: dict) -> list:
+    """The servers of one selected scenario, with `sluice@before` for the baseline twins."""
+    twins = [core.twin_name("sluice")] if cfg.baseline_bin and "sluice" in s["servers"] else []
+    return s["servers"] + twins
 
 
 def raise_nofile(cfg) -> None:
@@ -90,7 +105,10 @@ def main(argv=None) -> int:
         selection = [{"scenario": sc.name, "servers": sorted(srv & set(sc.servers))} for g in groups for sc in g]
         if args.list:
             for s in selection:
-                print(f"{s['scenario']}: {', '.join(s['servers'])}")
+                print(f"{s['scenario']}: {', '.join(servers_text(cfg, s))}")
+            if any(core.twin_name("sluice") in servers_text(cfg, s) for s in selection):
+                print(f"{core.twin_name('sluice')}: each Sluice variant (the idle check aside) again as "
+                      f"{core.twin_name('VARIANT')} with SLUICE_BASELINE_BIN={cfg.baseline_bin}")
             return 0
         if not groups:
             log(f"BENCH_ONLY={cfg.only} selects no run")
@@ -100,10 +118,14 @@ def main(argv=None) -> int:
         if any("sluice" in s["servers"] for s in selection):
             if not cfg.sluice_bin:
                 raise BenchError("SLUICE_BIN is not set (use BENCH_ONLY=postfix to run only the baseline)")
-            path = os.path.realpath(cfg.sluice_bin)
-            if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-                raise BenchError(f"SLUICE_BIN={cfg.sluice_bin} is not an executable file")
-            cfg.sluice_bin = path
+            cfg.sluice_bin = executable("SLUICE_BIN", cfg.sluice_bin)
+            if cfg.baseline_bin:
+                cfg.baseline_bin = executable("SLUICE_BASELINE_BIN", cfg.baseline_bin)
+                if cfg.baseline_bin == cfg.sluice_bin:
+                    log("SLUICE_BASELINE_BIN is SLUICE_BIN: the before/after lines measure the noise")
+        elif cfg.baseline_bin:
+            log("SLUICE_BASELINE_BIN is set but no Sluice run is selected; it is not used")
+            cfg.baseline_bin = ""
         deps.ensure(cfg, groups, srv)
         raise_nofile(cfg)
 
@@ -112,7 +134,7 @@ def main(argv=None) -> int:
         b.collect_meta(selection)
         log(f"work dir {b.work} ({b.meta['file_system']['type']}); {cfg.messages} msgs x {cfg.size} bytes, "
             f"{cfg.sessions} sessions, reuse={cfg.reuse}, {cfg.repeat} round(s); "
-            f"runs: {', '.join(s['scenario'] + '(' + '+'.join(s['servers']) + ')' for s in selection)}")
+            f"runs: {', '.join(s['scenario'] + '(' + '+'.join(servers_text(cfg, s)) + ')' for s in selection)}")
         b.write_results()
         plans = []
         for group in groups:

@@ -9,6 +9,11 @@ one server with one setup; `runs.postfix_run` and `runs.sluice_run` make them) a
 optionally a report function.  The loop then runs BENCH_REPEAT rounds; each round runs every
 variant once, the order rotated by one from round to round (so with two variants Postfix and
 Sluice alternate going first).  A variant marked `once` runs after the rounds, one time.
+
+With SLUICE_BASELINE_BIN set, every Sluice variant that `runs.sluice_run` made gets a twin:
+the same load and setup with the baseline binary, named `NAME@before` (`twin_name`).  A
+variant and its twin are one unit of the rotation: they run next to each other in every
+round, the current binary first in odd rounds and the baseline first in even ones.
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ KNOBS = [
     ("BENCH_SPAM_TARGET", "spam_target", 90, "% of Postfix + spamass-milter's spam rate that Sluice's must reach"),
     ("BENCH_SPAMD_CHILDREN", "spamd_children", 4, "spamd's fixed pool of children"),
     ("BENCH_MILTER_TARGET", "milter_target", 100, "% of Postfix's rate with the opendkim milter that Sluice's must reach"),
+    ("BENCH_CLUSTER_TARGET", "cluster_target", 100, "% of Postfix's relay rate that one Sluice node on PostgreSQL must reach"),
     ("BENCH_TLS_MESSAGES", "tls_messages", 1000, "messages in each tls run (one connection each)"),
     ("BENCH_TLS_PROCS", "tls_procs", 1, "processes tls_load.py spreads its sessions over"),
     ("BENCH_TLS_KEY", "tls_key", "ecdsa", "the certificate's key: ecdsa (P-256) or rsa (2048)"),
@@ -62,13 +68,17 @@ KNOBS = [
     ("BENCH_SPAMD_PORT", "spamd_port", 2630, "spamd"),
     ("BENCH_SPAMASS_PORT", "spamass_port", 2631, "spamass-milter (Postfix's spam runs)"),
     ("BENCH_OPENDKIM_PORT", "opendkim_port", 2632, "opendkim (the milter runs)"),
+    ("BENCH_SLUICE2_PORT", "sluice2_port", 2633, "the second Sluice node of the cluster runs"),
     ("BENCH_KEEP", "keep", 0, "1: keep the work directory (configs, logs, maildirs, queues)"),
     ("BENCH_INSTALL", "install", 1, "1: apt-get install missing packages; 0: stop with an error instead"),
     ("BENCH_WORKDIR", "workdir", str(REPO / "var" / "bench"), "where the runs happen (on the repo's file system)"),
     ("BENCH_RESULTS", "results", "", "the JSON file of raw results (default BENCH_WORKDIR/results.json)"),
     ("SLUICE_BIN", "sluice_bin", "", "the sluice binary (needed unless only Postfix runs)"),
+    ("SLUICE_BASELINE_BIN", "baseline_bin", "", "an older sluice binary: each Sluice variant also runs with it, "
+                                                "as VARIANT@before, and the summary compares the two"),
 ]
-PORTS = ("postfix_port", "sluice_port", "sink_port", "dns_port", "spamd_port", "spamass_port", "opendkim_port")
+PORTS = ("postfix_port", "sluice_port", "sink_port", "dns_port", "spamd_port", "spamass_port", "opendkim_port",
+         "sluice2_port")
 
 
 class Config:
@@ -96,7 +106,8 @@ class Config:
         if self.tls_key not in ("ecdsa", "rsa"):
             raise BenchError("BENCH_TLS_KEY must be ecdsa or rsa")
         if len({getattr(self, p) for p in PORTS}) != len(PORTS):
-            raise BenchError("the BENCH_*_PORT ports (postfix, sluice, sink, dns, spamd, spamass, opendkim) must all differ")
+            raise BenchError("the BENCH_*_PORT ports (postfix, sluice, sink, dns, spamd, spamass, opendkim, sluice2) "
+                             "must all differ")
         if env.get("BENCH_FRESH_FS", "0") != "0":
             log("BENCH_FRESH_FS is gone: both servers run on the file system of BENCH_WORKDIR (see README)")
         self.workdir = Path(self.workdir).resolve()
@@ -114,6 +125,8 @@ class Variant:
     server: str                     # "postfix" or "sluice" (BENCH_ONLY selects by it)
     fn: Callable
     once: bool = False              # run one time after the rounds instead of in each round
+    binary: str | None = None       # Sluice's binary when not SLUICE_BIN (a baseline twin's)
+    rebuild: Callable | None = None  # (name, binary) -> this run with another sluice binary (sluice_run's)
 
 
 @dataclass
@@ -188,6 +201,7 @@ class Bench:
         self._tls = None
         self.meta: dict = {}
         self.loads: dict = {}          # the loads the scenarios made (for the details' load: lines)
+        self.twins: list = []          # (variant, its baseline twin) with SLUICE_BASELINE_BIN
 
     # -- files
     def setup_workdir(self) -> None:
@@ -247,6 +261,22 @@ class Bench:
         self.loads.setdefault(load.describe(), load)
         return load
 
+    def split_source(self, ports: list) -> measure.Load:
+        """The smtp_source() load split over several servers (the nodes of a cluster): one
+        smtp-source per port, started together, with an equal share of BENCH_MESSAGES and of
+        BENCH_SESSIONS each (the first ones get the remainder; at least one session each), so
+        the totals are those of one smtp_source()."""
+        n, s, k = self.cfg.messages, self.cfg.sessions, len(ports)
+        parts = []
+        for i, port in enumerate(ports):
+            m = n // k + (1 if i < n % k else 0)
+            if m:
+                sessions = max(1, s // k + (1 if i < s % k else 0))
+                parts.append((measure.smtp_source(self.cfg, messages=m, sessions=sessions), port))
+        load = measure.SplitLoad(parts)
+        self.loads.setdefault(load.describe(), load)
+        return load
+
     def tls_client(self) -> measure.Load:
         return measure.tls_client(self.cfg)
 
@@ -277,10 +307,16 @@ class Bench:
             "postfix_version": out(["postconf", "-dh", "mail_version"]),
             "git_head": out(["git", "-C", str(REPO), "rev-parse", "HEAD"]),
         }
-        if self.cfg.sluice_bin:
-            st = os.stat(self.cfg.sluice_bin)
-            self.meta["sluice_bin"] = {"path": self.cfg.sluice_bin, "size": st.st_size,
-                                       "mtime": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(st.st_mtime))}
+        for key, path in (("sluice_bin", self.cfg.sluice_bin), ("sluice_baseline_bin", self.cfg.baseline_bin)):
+            if path:
+                self.meta[key] = binary_meta(path)
+
+
+def binary_meta(path: str) -> dict:
+    """A binary's path, size and mtime (results.json, the before/after details)."""
+    st = os.stat(path)
+    return {"path": path, "size": st.st_size,
+            "mtime": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(st.st_mtime))}
 
 
 def file_system(path: Path) -> dict:
@@ -303,6 +339,8 @@ def file_system(path: Path) -> dict:
 def _run_variant(b: Bench, sc: Scenario, v: Variant, rep: int) -> dict:
     rec = {"scenario": sc.name, "variant": v.name, "server": v.server, "rep": rep + 1,
            "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if v.server == "sluice":
+        rec["binary"] = v.binary or b.cfg.sluice_bin
     os.sync()   # the previous run's dirty pages are written before this one starts
     try:
         rec.update(v.fn(b, rep))
@@ -315,8 +353,32 @@ def _run_variant(b: Bench, sc: Scenario, v: Variant, rep: int) -> dict:
     return rec
 
 
+def twin_name(name: str) -> str:
+    """The name of a Sluice variant's run with SLUICE_BASELINE_BIN."""
+    return f"{name}@before"
+
+
+def _unit(b: Bench, sc: Scenario, v: Variant) -> list:
+    """A variant of the rounds, followed by its baseline twin when SLUICE_BASELINE_BIN is set
+    and sluice_run made it (noted in b.twins for the before/after report)."""
+    if not (b.cfg.baseline_bin and v.server == "sluice" and v.rebuild):
+        return [(sc, v)]
+    twin = v.rebuild(twin_name(v.name), b.cfg.baseline_bin)
+    b.twins.append((v, twin))
+    return [(sc, v), (sc, twin)]
+
+
+def _order(rounds: list, rep: int) -> list:
+    """The runs of round `rep`: the units rotated by `rep`, each unit's twins swapped in odd reps."""
+    k = rep % len(rounds) if rounds else 0
+    return [x for unit in rounds[k:] + rounds[:k] for x in (unit if rep % 2 == 0 else unit[::-1])]
+
+
 def run_group(b: Bench, group: list, srv: set) -> list:
-    """Run one scenario (and those that join it): its plans, BENCH_REPEAT interleaved rounds."""
+    """Run one scenario (and those that join it): its plans, BENCH_REPEAT interleaved rounds.
+
+    The rounds rotate units, a variant each, or a Sluice variant and its baseline twin, which
+    swap places from round to round (so the twins' runs do not change the originals' order)."""
     plans = []
     with contextlib.ExitStack() as stack:
         b.stack = stack
@@ -327,11 +389,10 @@ def run_group(b: Bench, group: list, srv: set) -> list:
                 b.failures.append((sc.name, str(e)))
                 log(f"{sc.name}: FAILED: {e}")
         variants = [(sc, v) for sc, plan in plans for v in plan.runs if v.server in srv]
-        rounds = [x for x in variants if not x[1].once]
+        rounds = [_unit(b, *x) for x in variants if not x[1].once]
         failed: set = set()
         for rep in range(b.cfg.repeat):
-            k = rep % len(rounds) if rounds else 0
-            for sc, v in rounds[k:] + rounds[:k]:
+            for sc, v in _order(rounds, rep):
                 if v.name in failed:
                     continue
                 if b.cfg.repeat > 1:

@@ -4,12 +4,13 @@ TOOLS names each requirement: how to tell it is there, and the Debian package th
 A scenario lists the names it needs (`@scenario(..., tools=..., tools_postfix=...,
 tools_sluice=...)`); BASE is needed by every invocation.  While apt-get installs, a
 policy-rc.d that refuses every service start is in place (unless the machine has one), and a
-system Postfix, spamd, spamass-milter or opendkim that the install started anyway is stopped:
+system Postfix, spamd, spamass-milter, opendkim or PostgreSQL that the install started anyway is stopped:
 the harness runs private instances only.  What is still missing afterwards stops the harness
 with one line naming it.
 """
 from __future__ import annotations
 
+import glob
 import grp
 import importlib.util
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from procs import BenchError, log
 
-# name: (kind, what, Debian package); kind: cmd (on PATH), file (exists), py (importable)
+# name: (kind, what, Debian package); kind: cmd (on PATH), file (exists), glob (a file matches), py (importable)
 TOOLS = {
     "postfix": ("cmd", "postfix", "postfix"),
     "smtp-source": ("cmd", "smtp-source", "postfix"),
@@ -34,9 +35,13 @@ TOOLS = {
     "spamc": ("cmd", "spamc", "spamc"),
     "spamass-milter": ("cmd", "spamass-milter", "spamass-milter"),
     "opendkim": ("cmd", "opendkim", "opendkim"),
+    # the cluster runs: pg_ctl & co. (Tests/integration/pgserver.py looks there), and pytest, which
+    # pgserver.py imports
+    "postgresql": ("glob", "/usr/lib/postgresql/*/bin/initdb", "postgresql"),
+    "pytest": ("py", "pytest", "python3-pytest"),
 }
 BASE = ("postfix", "smtp-source", "smtp-sink", "virtual", "openssl")
-SERVICES = ("spamd", "spamass-milter", "opendkim")   # packaged services the harness never uses
+SERVICES = ("spamd", "spamass-milter", "opendkim", "postgresql")   # packaged services the harness never uses
 
 
 def present(name: str) -> bool:
@@ -45,6 +50,8 @@ def present(name: str) -> bool:
         return shutil.which(what) is not None
     if kind == "file":
         return os.path.exists(what)
+    if kind == "glob":
+        return bool(glob.glob(what))
     # the harness's python (/usr/bin/python3) runs the helpers too, so this one's view counts
     return importlib.util.find_spec(what) is not None
 

@@ -11,6 +11,15 @@ decides:
   moment) AND the server's queue is empty; the end is the latest of the three moments.
 * `AcceptDone`: the spool's queue/ holds every message once the client is done; only the
   acceptance is timed (the end is the client finishing).
+* `ClusterDone`: smtp-sink has counted every message AND the queue in PostgreSQL is empty
+  (`SELECT count(*) FROM sluice_messages` is 0, asked over one psql session once the sink has
+  every message) AND the nodes' spools are empty; the end is the latest of the client
+  finishing, the sink's moment and the first query that saw the table empty.  A row's removal
+  leaves no timestamp, so this end is a poll's: it polls every 10 ms (`poll_s`; the others
+  100 ms), which makes it exact to about 10 ms plus one query's round trip.
+
+A load may be several clients at once (`SplitLoad`: two smtp-source processes, each to its
+own port); the client time is then until the last of them finished.
 
 So a run is timed from the client's start until the server is done with the last message.
 """
@@ -32,11 +41,13 @@ HZ = os.sysconf("SC_CLK_TCK")
 def tree_cpu(root) -> float:
     """CPU seconds used so far by a process tree: utime + stime + cutime + cstime of the root
     and every descendant (a child that exits moves its time into its parent's cutime, so the
-    difference of two readings is the tree's CPU in between)."""
-    if not root:
+    difference of two readings is the tree's CPU in between).  `root` may be a list of roots
+    (the nodes of a cluster run): the sum of their trees."""
+    roots = [int(r) for r in (root if isinstance(root, (list, tuple)) else [root]) if r]
+    if not roots:
         return 0.0
     tree: dict[int, list] = {}
-    own = 0
+    own: dict[int, int] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -47,12 +58,12 @@ def tree_cpu(root) -> float:
             continue
         ticks = sum(map(int, fields[11:15]))
         tree.setdefault(int(fields[1]), []).append((int(name), ticks))
-        if int(name) == int(root):
-            own = ticks
+        if int(name) in roots:
+            own[int(name)] = ticks
 
     def total(pid):
         return sum(t + total(child) for child, t in tree.get(pid, ()))
-    return (own + total(int(root))) / HZ
+    return sum(own.get(r, 0) + total(r) for r in roots) / HZ
 
 
 def machine_cpu() -> float:
@@ -112,11 +123,33 @@ class Load:
     def describe(self) -> str:
         return " ".join(str(a) for a in [Path(self.argv[0]).name, *self.argv[1:]])
 
+    def commands(self, port: int) -> list:
+        """The client processes to start for a server on `port`: one argv each."""
+        return [[*self.argv, f"{HOST}:{port}"]]
 
-def smtp_source(cfg, *, messages: int, file=None, timeout=None, size=None) -> Load:
-    """smtp-source's generated message of `size` (BENCH_SIZE) bytes, or FILE as it is (-F)."""
+
+class SplitLoad(Load):
+    """Several clients started together, each against its own port (the nodes of a cluster):
+    `parts` is [(Load, port), ...]; the messages are their sum, the port of measure() unused."""
+
+    def __init__(self, parts: list):
+        first = parts[0][0]
+        super().__init__(first.name, first.argv, sum(l.messages for l, _p in parts),
+                         max(l.timeout for l, _p in parts), first.size)
+        self.parts = parts
+
+    def describe(self) -> str:
+        return " + ".join(f"{l.describe()} {HOST}:{p}" for l, p in self.parts)
+
+    def commands(self, port: int) -> list:
+        return [[*l.argv, f"{HOST}:{p}"] for l, p in self.parts]
+
+
+def smtp_source(cfg, *, messages: int, file=None, timeout=None, size=None, sessions=None) -> Load:
+    """smtp-source's generated message of `size` (BENCH_SIZE) bytes, or FILE as it is (-F), in
+    `sessions` (BENCH_SESSIONS) parallel sessions."""
     size = size or cfg.size
-    argv = ["smtp-source"] + (["-d"] if cfg.reuse else []) + ["-4", "-s", cfg.sessions, "-m", messages]
+    argv = ["smtp-source"] + (["-d"] if cfg.reuse else []) + ["-4", "-s", sessions or cfg.sessions, "-m", messages]
     argv += ["-F", file] if file else ["-l", size]
     argv += ["-M", "client.test", "-f", "bench@client.test", "-t", "bench@example.test"]
     return Load("smtp-source", argv, messages, timeout or cfg.timeout, size)
@@ -199,6 +232,47 @@ class AcceptDone:
         return {}
 
 
+class ClusterDone:
+    """The end of a run on PostgreSQL: the sink has every message, the table of queued
+    messages is empty (`count()`: SELECT count(*) FROM sluice_messages, None when the query
+    failed) and so are the nodes' spools.  The table is asked only once the sink has every
+    message (so the queries cost PostgreSQL nothing while the run goes on); measure() polls
+    every `poll_s` seconds, and the first answer 0 is the moment the queue emptied."""
+    kind = "cluster"
+    poll_s = 0.01
+
+    def __init__(self, sink, count, spools: QueueDirs):
+        self.sink, self.count, self.spools = sink, count, spools
+        self.drained_at = 0.0
+        self.left = None   # what the last query said
+
+    def progress(self) -> int:
+        return self.sink.latest()
+
+    def complete(self, n: int, want: int) -> bool:
+        if self.drained_at:
+            return True
+        if n < want or self.spools.count():
+            return False
+        self.left = self.count()
+        if self.left == 0:
+            self.drained_at = time.time()
+        return bool(self.drained_at)
+
+    def shortfall(self, n: int, want: int, timeout: int) -> str:
+        if n < want:
+            return f"smtp-sink received only {n} of {want} messages within {timeout}s"
+        if self.spools.count():
+            return (f"smtp-sink has all {want} messages, but the nodes' spools still hold "
+                    f"{self.spools.count()} files after {timeout}s")
+        left = "an unknown number of (the query failed)" if self.left is None else self.left
+        return f"smtp-sink has all {want} messages, but sluice_messages still holds {left} rows after {timeout}s"
+
+    def moments(self, t_client: float, want: int) -> dict:
+        return {"last_delivery": self.sink.reached(want) or 0.0,
+                "drained": max(self.drained_at, self.spools.drain_time())}
+
+
 # ---------------------------------------------------------------- the measurement
 def _read_kv(path) -> dict:
     out = {}
@@ -212,42 +286,57 @@ def _read_kv(path) -> dict:
 
 
 def measure(b, name: str, run_dir: Path, port: int, load: Load, done, sample: list,
-            cpu: dict) -> dict:
+            cpu: dict, more_samples: dict | None = None) -> dict:
     """Run `load` against HOST:port and wait until `done` says the run is complete.
 
-    sample: rss_sampler.py's root (["--pid", PID] or ["--pidfile", FILE]); cpu: label -> root
-    pid of a process tree whose CPU seconds during the run are reported (cpu_LABEL_s).
+    sample: rss_sampler.py's root (["--pid", PID] or ["--pidfile", FILE]), or a list of them
+    (the nodes of a cluster: one sampler each, their peaks summed); cpu: label -> root pid (or
+    a list of them) of a process tree whose CPU seconds during the run are reported
+    (cpu_LABEL_s); more_samples: label -> a root for rss_sampler.py whose peaks are reported
+    as rss_LABEL_kb and pss_LABEL_kb (PostgreSQL's).
     Returns the run's numbers (seconds are relative to the client's start); raises BenchError.
     """
     cfg = b.cfg
-    rss_out = run_dir / f"{name}-rss.txt"
-    sampler = b.procs.spawn("rss_sampler.py", [PY, HERE / "rss_sampler.py", *sample, "--out", rss_out,
-                                               "--interval", "0.1", "--max-seconds", load.timeout * 2 + 60])
+    roots = [("", i, s) for i, s in enumerate(sample if sample and isinstance(sample[0], list) else [sample])]
+    roots += [(label, 0, s) for label, s in (more_samples or {}).items()]
+    samplers = []
+    for label, i, s in roots:
+        out = run_dir / f"{name}-rss{'-' + label if label else ''}{i or ''}.txt"
+        samplers.append((label, out, b.procs.spawn("rss_sampler.py", [
+            PY, HERE / "rss_sampler.py", *s, "--out", out, "--interval", "0.1",
+            "--max-seconds", load.timeout * 2 + 60])))
     for _ in range(100):
-        if rss_out.exists():
+        if all(out.exists() for _l, out, _s in samplers):
             break
         time.sleep(0.05)
 
-    srclog = run_dir / f"{name}-{load.name}.log"
-    log(f"{name}: {load.describe()} {HOST}:{port}")
+    commands = load.commands(port)
+    logs = [run_dir / f"{name}-{load.name}{'-' + str(i + 1) if len(commands) > 1 else ''}.log"
+            for i in range(len(commands))]
+    log(f"{name}: {load.describe()}" + ("" if isinstance(load, SplitLoad) else f" {HOST}:{port}"))
     cpu0 = {label: tree_cpu(pid) for label, pid in cpu.items()}
     mcpu0 = machine_cpu()
     t0 = time.time()
-    with open(srclog, "wb") as out:
-        client = b.procs.spawn(load.name, [*load.argv, f"{HOST}:{port}"], stdout=out, stderr=out)
+    clients = []
+    for argv, srclog in zip(commands, logs):
+        with open(srclog, "wb") as out:
+            clients.append(b.procs.spawn(load.name, argv, stdout=out, stderr=out))
     err = ""
-    try:
-        rc = client.popen.wait(timeout=load.timeout)
-    except subprocess.TimeoutExpired:
-        rc = None
+    rcs = []
+    for client in clients:
+        try:
+            rcs.append(client.popen.wait(timeout=max(0.0, t0 + load.timeout - time.time())))
+        except subprocess.TimeoutExpired:
+            rcs.append(None)
     t1 = time.time()
-    if rc is None:
-        b.procs.stop(client, grace=5)
-        err = f"{load.name} timed out after {load.timeout}s: {tail(srclog)}"
-    else:
-        b.procs.forget(client)
-        if rc != 0:
-            err = f"{load.name} exit status {rc}: {tail(srclog)}"
+    for client, rc, srclog in zip(clients, rcs, logs):
+        if rc is None:
+            b.procs.stop(client, grace=5)
+            err = err or f"{load.name} timed out after {load.timeout}s: {tail(srclog)}"
+        else:
+            b.procs.forget(client)
+            if rc != 0:
+                err = err or f"{load.name} exit status {rc}: {tail(srclog)}"
     deadline = (t0 + load.timeout) if not err else (time.time() + 5)
 
     want = load.messages
@@ -255,22 +344,29 @@ def measure(b, name: str, run_dir: Path, port: int, load: Load, done, sample: li
         n = done.progress()
         if done.complete(n, want) or time.time() > deadline:
             break
-        time.sleep(0.1)
+        time.sleep(getattr(done, "poll_s", 0.1))
     complete = done.complete(n, want)
     mcpu = machine_cpu() - mcpu0
     cpu_used = {f"cpu_{label}_s": round(tree_cpu(pid) - cpu0[label], 3) for label, pid in cpu.items()}
 
-    b.procs.stop(sampler, grace=5)
-    peaks = _read_kv(rss_out)
+    peaks: dict = {}
+    for label, out, sampler in samplers:
+        b.procs.stop(sampler, grace=5)
+        got = _read_kv(out)
+        for key in ("rss", "pss", "procs"):
+            k = f"{key}_{label}" if label else key
+            peaks[k] = peaks.get(k, 0) + int(got.get(f"peak_{key}{'' if key == 'procs' else '_kb'}", 0) or 0)
     result = {
         "messages": want,
         "client_s": round(t1 - t0, 4),
-        "rss_kb": int(peaks.get("peak_rss_kb", 0) or 0),
-        "pss_kb": int(peaks.get("peak_pss_kb", 0) or 0),
-        "procs": int(peaks.get("peak_procs", 0) or 0),
+        "rss_kb": peaks.get("rss", 0),
+        "pss_kb": peaks.get("pss", 0),
+        "procs": peaks.get("procs", 0),
+        **{f"{key}_{label}" + ("" if key == "procs" else "_kb"): peaks.get(f"{key}_{label}", 0)
+           for label in (more_samples or {}) for key in ("rss", "pss", "procs")},
         "cpu_machine_s": round(mcpu, 3),
         **cpu_used,
-        "client_log": tail(srclog, 1),
+        "client_log": " | ".join(t for t in (tail(srclog, 1) for srclog in logs) if t),
     }
     if err:
         raise BenchError(err)

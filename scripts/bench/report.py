@@ -12,6 +12,13 @@ helpers here write the common lines:
 
 A scenario without a report function gets `default_report`: a throughput line per variant
 and, with one Postfix and one Sluice variant, their ratio.
+
+With SLUICE_BASELINE_BIN, `before_after` adds, after the scenarios' lines, one line per Sluice
+variant and its baseline twin (core.twin_name):
+
+  before_after_line(R, "sluice", "sluice@before")
+      -> "before/after sluice: 1390 msgs/s (1350-1420 over 5 runs) -> 1429 msgs/s (1380-1460 over
+          5 runs), +2.8% (medians; per round -0.5..+5.1%); CPU/msg 1.25 -> 1.20 ms"
 """
 from __future__ import annotations
 
@@ -72,6 +79,13 @@ class Results:
         v = [1000 * r[f"cpu_{label}_s"] / r["messages"] for r in self.ok(name) if r.get(f"cpu_{label}_s") is not None]
         return median(v)
 
+    def cpu_ms_sum(self, name, labels):
+        """The median of the runs' CPU per message (milliseconds) of several process trees
+        together (a cluster run's nodes and PostgreSQL): the median of the per-run sums."""
+        v = [1000 * sum(r[f"cpu_{label}_s"] for label in labels) / r["messages"] for r in self.ok(name)
+             if all(r.get(f"cpu_{label}_s") is not None for label in labels)]
+        return median(v)
+
     def terms(self, name) -> str:
         seen = []
         for r in self.ok(name):
@@ -87,25 +101,29 @@ def rate_text(R: Results, name: str, fmt: str = "%.0f", key: str = "rate") -> st
     return f"{fmt % R.med(name, key)} msgs/s ({rng})"
 
 
-def failures_suffix(R: Results, name: str) -> str:
+def failures_suffix(R: Results, name: str, who: str = "") -> str:
     bad = [r for r in R.all(name) if not r.get("ok")]
     if not bad:
         return ""
-    return f" -- FAILED {len(bad)} of {len(R.all(name))} runs: {bad[0]['error']}"
+    return f" -- {who}FAILED {len(bad)} of {len(R.all(name))} runs: {bad[0]['error']}"
 
 
 def throughput(R: Results, name: str, label: str, messages: int, *, fmt: str = "%.0f",
-               relayed: bool = False, accepted: bool = False, pss: bool = True) -> str:
-    """One summary line: median time and rate (min-max), CPU per message, median peak RSS."""
+               relayed: bool = False, accepted: bool = False, pss: bool = True, cpu_parts=()) -> str:
+    """One summary line: median time and rate (min-max), CPU per message, median peak RSS.
+    cpu_parts: ((label, text), ...) of the process trees the CPU is the sum of, shown apart
+    (("server", "sluice"), ("pg", "PostgreSQL")): "CPU 2.10 ms/msg (sluice 1.20 + PostgreSQL 0.90)"."""
     if not R.ok(name):
         return f"{label} FAILED: {R.error(name) or 'no run'}"
     line = (f"{label} {messages} msgs{' relayed' if relayed else ''} in {R.med(name, 'elapsed_s'):.2f} s"
             f" = {rate_text(R, name, fmt)}")
     if accepted:
         line += f" (accepted at {R.med(name, 'accept_rate'):.0f} msgs/s)"
-    cpu = R.cpu_ms(name)
+    cpu = R.cpu_ms_sum(name, [c for c, _t in cpu_parts]) if cpu_parts else R.cpu_ms(name)
     if cpu is not None:
         line += f", CPU {cpu:.2f} ms/msg"
+        if cpu_parts:
+            line += " (" + " + ".join(f"{t} {R.cpu_ms(name, c) or 0:.2f}" for c, t in cpu_parts) + ")"
     line += f", peak RSS {mb(R.med(name, 'rss_kb'))} MB"
     if pss:
         line += f" (PSS {mb(R.med(name, 'pss_kb'))} MB)"
@@ -181,6 +199,48 @@ def default_report(b, R: Results, plan) -> tuple:
     return details, summary
 
 
+def before_after_line(R: Results, name: str, twin: str) -> str:
+    """A Sluice variant against its baseline twin: rates (min-max), the change of the median
+    rate (and its range over the rounds), the median CPU per message of each."""
+    label = f"before/after {name}:"
+    for n, side in ((twin, "before"), (name, "after")):
+        if not R.ok(n):
+            return f"{label} FAILED ({side}): {R.error(n) or 'no run'}"
+    line = f"{label} {rate_text(R, twin)} -> {rate_text(R, name)}"
+    r = ratio(R, name, twin)
+    if r is not None:
+        value, (lo, hi) = r
+        rounds = (f"; per round {100 * (lo - 1):+.1f}..{100 * (hi - 1):+.1f}%"
+                  if lo is not None and len(R.ok(name)) > 1 else "")
+        line += f", {100 * (value - 1):+.1f}% (medians{rounds})"
+    before, after = R.cpu_ms(twin), R.cpu_ms(name)
+    if before is not None and after is not None:
+        line += f"; CPU/msg {before:.2f} -> {after:.2f} ms"
+    return line + failures_suffix(R, twin, "before: ") + failures_suffix(R, name, "after: ")
+
+
+def _binary_text(info: dict) -> str:
+    return f"{info.get('path', '?')} ({info.get('size', '?')} bytes, mtime {info.get('mtime', '?')})"
+
+
+def before_after(b, R: Results) -> tuple:
+    """With SLUICE_BASELINE_BIN: the binaries and the twins' timings (details), and a
+    before_after_line per Sluice variant that has a twin (summary).  Nothing without it."""
+    if not b.twins:
+        return [], []
+    details = [f"before/after: before = SLUICE_BASELINE_BIN {_binary_text(b.meta.get('sluice_baseline_bin', {}))}, "
+               f"after = SLUICE_BIN {_binary_text(b.meta.get('sluice_bin', {}))}; each Sluice variant NAME has a twin "
+               "NAME@before with the same load and setup, run next to it in every round (they swap places each round)"]
+    summary = []
+    for v, twin in b.twins:
+        if R.ok(twin.name):
+            details.append(f"{twin.name}: {timing(R, twin.name)}; {runs_text(R, twin.name)}"
+                           + (f"; {R.terms(twin.name)}" if R.terms(twin.name) else ""))
+        if R.ran(v.name) or R.ran(twin.name):
+            summary.append(before_after_line(R, v.name, twin.name))
+    return details, summary
+
+
 def method_lines(b) -> list:
     fs = b.meta.get("file_system", {})
     return [
@@ -204,13 +264,16 @@ def load_lines(b) -> list:
 
 
 def build(b, plans: list) -> tuple:
-    """All details and summary lines, in the order of the scenarios."""
+    """All details and summary lines, in the order of the scenarios, then the before/after lines."""
     R = Results(b.runs)
     details, summary = method_lines(b) + load_lines(b), []
     for sc, plan in plans:
         d, s = (plan.report or (lambda b, R: default_report(b, R, plan)))(b, R)
         details += d
         summary += s
+    d, s = before_after(b, R)
+    details += d
+    summary += s
     for name, err in b.failures:
         summary.append(f"{name}: FAILED: {err}")
     return details, summary

@@ -1,7 +1,8 @@
 """The runs scenarios are made of, and the checks of what a run delivered.
 
   postfix_run(NAME, load, delivery=..., tls=..., milters=..., checks=..., helpers=...)
-  sluice_run(NAME, load, setup=SluiceSetup(...), delivery=..., checks=..., helpers=...)
+  sluice_run(NAME, load, setup=SluiceSetup(...), delivery=..., checks=..., helpers=..., binary=...)
+  cluster_run(NAME, load, pg, nodes=1|2, binary=...)
   idle_check()
 
 each return a `core.Variant`.  One run of a variant: a fresh directory under the work
@@ -15,6 +16,10 @@ BENCH_SINK_PORT, started for the run) or, for Sluice only, "accept" (the relay r
 nothing listening on the next hop: every attempt is refused and deferred for an hour, only
 the acceptance is timed).
 
+cluster_run: Sluice nodes with a [cluster] table on one database of the scenario's PostgreSQL
+server (servers.PostgreSQL; a fresh database per run), relaying to smtp-sink; the end is the
+sink having every message and sluice_messages empty (measure.ClusterDone).
+
 A check is `check(b, newdir, messages) -> dict` (facts for the report, kept in the run's
 results) and raises BenchError when the delivered mail is wrong.
 """
@@ -22,25 +27,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import subprocess
 from pathlib import Path
 
 from core import Variant
-from measure import PY, AcceptDone, MaildirDone, SinkDone, files_in, measure
+from measure import PY, AcceptDone, ClusterDone, MaildirDone, QueueDirs, SinkDone, files_in, measure
 from procs import HOST, BenchError, log, port_listening, tail
-from servers import DNSServer, Postfix, Sink, Sluice, SluiceSetup, SpamassMilter
+from servers import DNSServer, Postfix, QueueWatch, Sink, Sluice, SluiceSetup, SpamassMilter, write_sluice_config
 
 HERE = Path(__file__).resolve().parent
 
 
-def _variant(name: str, server: str, body, once: bool = False) -> Variant:
+def _variant(name: str, server: str, body, once: bool = False, **more) -> Variant:
     def fn(b, rep):
         d = b.run_dir(name, rep)
         try:
             return body(b, d)
         finally:
             b.discard(d)
-    return Variant(name, server, fn, once)
+    return Variant(name, server, fn, once, **more)
 
 
 def _cpu_of(helpers) -> dict:
@@ -84,21 +90,26 @@ def postfix_run(name: str, load, *, delivery: str = "maildir", tls=None, milters
 
 # ---------------------------------------------------------------- sluice
 def sluice_run(name: str, load, *, setup: SluiceSetup | None = None, delivery: str = "maildir",
-               checks=(), helpers=()) -> Variant:
-    """Sluice with pipeline.conf from `setup` (servers.write_sluice_config)."""
+               checks=(), helpers=(), binary: str | None = None) -> Variant:
+    """Sluice with pipeline.conf from `setup` (servers.write_sluice_config); `binary` instead of
+    SLUICE_BIN (the baseline twins: the Variant's `rebuild` makes this run with another one)."""
     base = setup or SluiceSetup()
+
+    def rebuild(new_name: str, new_binary: str) -> Variant:
+        return sluice_run(new_name, load, setup=setup, delivery=delivery, checks=checks, helpers=helpers,
+                          binary=new_binary)
 
     def body(b, d):
         s = dataclasses.replace(base, server=dict(base.server), tables=dict(base.tables), stages=list(base.stages))
         if delivery in ("relay", "accept"):
             s.route = f"smtp://{HOST}:{b.cfg.sink_port}"
-            s.tables["queue"] = {"min_backoff_s": 3600, "max_backoff_s": 3600, **s.tables.get("queue", {})}
+            s.tables["queue"] = {**relay_tables(b)["queue"], **s.tables.get("queue", {})}
         with contextlib.ExitStack() as st:
             hs = [st.enter_context(h(b, d)) for h in helpers]
             sink = st.enter_context(Sink(b, d, name)) if delivery == "relay" else None
             if delivery == "accept" and port_listening(b.cfg.sink_port):
                 raise BenchError(f"something listens on the next-hop port {b.cfg.sink_port}; it must be down for this run")
-            sl = st.enter_context(Sluice(b, d, s))
+            sl = st.enter_context(Sluice(b, d, s, binary=binary))
             if sink:
                 done = SinkDone(sink, sl.queue)
             elif delivery == "accept":
@@ -133,7 +144,111 @@ def sluice_run(name: str, load, *, setup: SluiceSetup | None = None, delivery: s
             if sink:
                 m["sink_count"] = sink.count()
             return m
-    return _variant(name, "sluice", body)
+    return _variant(name, "sluice", body, binary=binary, rebuild=rebuild)
+
+
+def relay_tables(b) -> dict:
+    """The [queue] of a relay run: a failed attempt waits an hour (nothing is retried in a run)."""
+    return {"queue": {"min_backoff_s": 3600, "max_backoff_s": 3600}}
+
+
+def has_cluster_mode(b, binary: str) -> bool:
+    """Does `binary` take a [cluster] table (`sluice check-config`, which does not connect)?"""
+    d = b.work / "cluster-check"
+    d.mkdir(exist_ok=True)
+    conf = d / "pipeline.conf"
+    write_sluice_config(conf, b.cfg.sluice_port, SluiceSetup(
+        route=f"smtp://{HOST}:{b.cfg.sink_port}", tables={"cluster": {"postgres": f"postgresql://sluice@{HOST}:1/sluice",
+                                                                    "node": "mx1"}}))
+    try:
+        r = subprocess.run([binary, "check-config", "--config", str(conf)], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, cwd=d, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    finally:
+        b.discard(d)
+    return r.returncode == 0
+
+
+def cluster_run(name: str, load, pg, *, nodes: int = 1, binary: str | None = None, twins: bool = True) -> Variant:
+    """`nodes` Sluice nodes (mx1 on BENCH_SLUICE_PORT, mx2 on BENCH_SLUICE2_PORT, each in its
+    own directory NAME-<round>/mxN with pg.pass) on one fresh database of `pg` (a
+    servers.PostgreSQL, started by the first run that needs it), all relaying to one smtp-sink.
+    `load` is the client (a measure.SplitLoad over both ports for two nodes).  CPU: the nodes'
+    process trees (cpu_server_s) and PostgreSQL's (cpu_pg_s, the postmaster's tree: backends,
+    WAL writer, checkpointer, autovacuum); RSS/PSS: the nodes' (summed) and PostgreSQL's
+    (rss_pg_kb, pss_pg_kb).  twins=False: no @before twin with SLUICE_BASELINE_BIN (a baseline
+    without cluster mode)."""
+    if nodes not in (1, 2):
+        raise ValueError("cluster_run: 1 or 2 nodes")
+
+    def rebuild(new_name: str, new_binary: str) -> Variant:
+        return cluster_run(new_name, load, pg, nodes=nodes, binary=new_binary)
+
+    def body(b, d):
+        pg.ensure()
+        pg.fresh()
+        ports = [b.cfg.sluice_port, b.cfg.sluice2_port][:nodes]
+        try:
+            with contextlib.ExitStack() as st:
+                sink = st.enter_context(Sink(b, d, name))
+                sls = []
+                for i, port in enumerate(ports, 1):
+                    nd = d / f"mx{i}"
+                    nd.mkdir(mode=0o755)
+                    pw = nd / "pg.pass"
+                    pw.write_text(pg.password + "\n")
+                    os.chmod(pw, 0o600)
+                    tables = {**relay_tables(b), "cluster": {"postgres": pg.url, "password_file": "pg.pass",
+                                                             "node": f"mx{i}", "lease_s": 60}}
+                    setup = SluiceSetup(route=f"smtp://{HOST}:{b.cfg.sink_port}", tables=tables)
+                    sls.append(st.enter_context(Sluice(b, nd, setup, binary=binary, port=port)))
+                watch = st.enter_context(QueueWatch(b, pg, d / f"{name}-psql.err"))
+                done = ClusterDone(sink, watch.count, QueueDirs(*[q for sl in sls for q in sl.queue.dirs]))
+                err = ""
+                try:
+                    m = measure(b, name, d, ports[0], load, done, [["--pid", sl.pid] for sl in sls],
+                                {"server": [sl.pid for sl in sls], "pg": pg.postmaster},
+                                more_samples={"pg": ["--pid", pg.postmaster]})
+                except BenchError as e:
+                    err = str(e)
+                alive = [sl.alive() for sl in sls]
+                deferred = [sl.deferred_lines() for sl in sls]
+                delivered = [_delivered(sl) for sl in sls]
+                watch.stop()
+                terms = [sl.stop() for sl in sls]
+                sink.stop()
+                dead = [f"mx{i}: {tail(sl.log)}" for i, (sl, ok) in enumerate(zip(sls, alive), 1) if not ok]
+                n_deferred = sum(len(x) for x in deferred)
+                if err:
+                    if n_deferred:
+                        last = next(x[-1] for x in reversed(deferred) if x)
+                        err += f"; {n_deferred} deliveries deferred (retry in 1 h): {last}"
+                    if dead:
+                        err += f"; sluice died: {'; '.join(dead)}"
+                    raise BenchError(err)
+                if dead:
+                    raise BenchError(f"sluice died during the run: {'; '.join(dead)}")
+                m["pg_stats"] = pg.stats()
+                m.update({"term": "; ".join(f"mx{i} {t}" if nodes > 1 else t for i, t in enumerate(terms, 1)),
+                          "deferred": n_deferred, "sink_count": sink.count(), "nodes": nodes,
+                          "delivered_by_node": delivered})
+                return m
+        finally:
+            try:
+                pg.settle()   # this run's dirty pages are written now, not in the next run
+            except BenchError as e:
+                log(f"{name}: {e}")
+    return _variant(name, "sluice", body, binary=binary, rebuild=rebuild if twins else None)
+
+
+def _delivered(sl) -> int:
+    """The deliveries a node logged (its `delivery` lines with status=delivered)."""
+    try:
+        return sum(1 for line in sl.log.read_text(errors="replace").splitlines()
+                   if "delivery" in line and "delivered" in line.split("status", 1)[-1])
+    except OSError:
+        return 0
 
 
 def idle_check(name: str = "idle") -> Variant:

@@ -14,12 +14,12 @@ Without a report function the summary gets a throughput line per variant and the
 from __future__ import annotations
 
 from core import Plan, scenario
-from procs import HOST
+from procs import HOST, log
 from report import (failures_suffix, mb, median, pct_text, percent, rate_text, ratio, ratio_line, runs_text,
                     span_text, throughput, timing)
-from runs import (auth_pass, dkim_signed, dns, idle_check, postfix_run, received_over_tls, sluice_run,
-                  spam_scanned, spamass_milter, spf_pass)
-from servers import OpenDKIM, Spamd, SluiceSetup
+from runs import (auth_pass, cluster_run, dkim_signed, dns, has_cluster_mode, idle_check, postfix_run,
+                  received_over_tls, sluice_run, spam_scanned, spamass_milter, spf_pass)
+from servers import OpenDKIM, PostgreSQL, Spamd, SluiceSetup
 
 
 def dns_table(b) -> dict:
@@ -190,6 +190,92 @@ def report_relay(b, R):
         verdict = below_target(b, pct, cfg.accept_target, 4)
         summary.append(f"acceptance with delivery on: {R.med('sluice-relay', 'accept_rate'):.0f} msgs/s = {pct_text(pct)} "
                        f"of acceptance alone (medians; target >= {cfg.accept_target}%){verdict}")
+    return details, summary
+
+
+# ---------------------------------------------------------------- cluster (the queue in PostgreSQL)
+CLUSTER = (("cluster-postfix", "cluster postfix:"),
+           ("cluster-spool", "cluster sluice, file spool:"),
+           ("cluster-pg1", "cluster sluice, 1 node on PostgreSQL:"),
+           ("cluster-pg2", "cluster sluice, 2 nodes on PostgreSQL:"))
+PG_CPU = (("server", "sluice"), ("pg", "PostgreSQL"))
+
+
+@scenario("cluster", doc="relay to smtp-sink: Postfix, Sluice's file spool, Sluice on PostgreSQL with one node "
+                         "and with two nodes on one database", tools_sluice=("postgresql", "pytest"))
+def cluster(b):
+    cfg = b.cfg
+    load = b.smtp_source()
+    # one server for the scenario, started by the first run on it (none under BENCH_ONLY=postfix)
+    pg = PostgreSQL(b, b.work / "postgresql")
+    twins = not cfg.baseline_bin or has_cluster_mode(b, cfg.baseline_bin)
+    if not twins:
+        log(f"cluster: SLUICE_BASELINE_BIN={cfg.baseline_bin} has no cluster mode ([cluster] refused by its "
+            "check-config): the PostgreSQL variants run without @before twins")
+    return Plan([
+        postfix_run("cluster-postfix", load, delivery="relay"),
+        sluice_run("cluster-spool", load, delivery="relay"),
+        cluster_run("cluster-pg1", load, pg, twins=twins),
+        cluster_run("cluster-pg2", b.split_source([cfg.sluice_port, cfg.sluice2_port]), pg, nodes=2, twins=twins),
+    ], report_cluster)
+
+
+def _per_node(R, name) -> str:
+    runs = [r["delivered_by_node"] for r in R.ok(name) if r.get("delivered_by_node")]
+    if not runs or len(runs[0]) < 2:
+        return ""
+    meds = [median([x[i] for x in runs]) for i in range(len(runs[0]))]
+    return "; delivered per node (medians) " + " / ".join(f"mx{i} {m:.0f}" for i, m in enumerate(meds, 1))
+
+
+def _pg_work(R, name) -> str:
+    """PostgreSQL's work per message (medians of the runs' pg_stats): commits, rows, WAL."""
+    runs = [(r["pg_stats"], r["messages"]) for r in R.ok(name) if r.get("pg_stats")]
+    if not runs:
+        return ""
+
+    def per(key, scale=1.0):
+        return median([st.get(key, 0) / n / scale for st, n in runs])
+    return (f"; per message (medians): {per('commits'):.1f} commits, {per('rows_inserted'):.1f} rows inserted, "
+            f"{per('rows_updated'):.1f} updated, {per('rows_deleted'):.1f} deleted, {per('wal_bytes', 1024):.1f} KB of "
+            f"WAL in {per('wal_records'):.1f} records, {per('wal_syncs'):.2f} WAL fsyncs")
+
+
+def report_cluster(b, R):
+    cfg, n = b.cfg, b.cfg.messages
+    info = b.meta.get("postgresql", {})
+    details = [f"cluster: PostgreSQL {info.get('version', '?')} in {info.get('root', '?')} (the work dir's file system; "
+               "synchronous_commit = on, fsync = on), one server for the scenario, a fresh database per run and a "
+               f"CHECKPOINT before and after it; nodes with [cluster] lease_s = 60 relay to smtp-sink on "
+               f"{HOST}:{cfg.sink_port}; two nodes: one smtp-source per node ({HOST}:{cfg.sluice_port}, "
+               f"{HOST}:{cfg.sluice2_port}), half the messages and sessions each; end = the client done, the sink "
+               f"has all {n} messages and sluice_messages is empty (polled every 10 ms over one psql session once "
+               "the sink has them)"]
+    for name, label in CLUSTER:
+        if not R.ok(name):
+            continue
+        line = (f"{label} {timing(R, name, 'sink complete at')}; sink counted {span_text(R, name, 'sink_count')}; "
+                f"{span_text(R, name, 'deferred')} deferrals logged; {runs_text(R, name)}")
+        if name.startswith("cluster-pg"):
+            line += (f"; CPU sluice {R.cpu_ms(name):.2f} + PostgreSQL {R.cpu_ms(name, 'pg'):.2f} ms/msg; "
+                     f"PostgreSQL peak PSS {mb(R.med(name, 'pss_pg_kb'))} MB (RSS {mb(R.med(name, 'rss_pg_kb'))} MB, "
+                     f"up to {max(R.values(name, 'procs_pg') or [0])} processes){_pg_work(R, name)}"
+                     f"{_per_node(R, name)}")
+        elif name == "cluster-postfix":
+            line += f"; up to {max(R.values(name, 'procs') or [0])} processes"
+        if R.terms(name):
+            line += f"; {R.terms(name)}"
+        details.append(line)
+    summary = [throughput(R, name, label, n, relayed=True, accepted=True,
+                          cpu_parts=PG_CPU if name.startswith("cluster-pg") else ())
+               for name, label in CLUSTER if R.ran(name)]
+    r = ratio(R, "cluster-pg1", "cluster-postfix")
+    if r is not None:
+        verdict = below_target(b, 100 * r[0], cfg.cluster_target, 9)
+        summary += ratio_line(R, "cluster ratio 1 node on PostgreSQL/postfix", "cluster-pg1", "cluster-postfix",
+                              note=f"target >= {cfg.cluster_target / 100:.2f}", verdict=verdict)
+    summary += ratio_line(R, "cluster ratio 2 nodes on PostgreSQL/postfix", "cluster-pg2", "cluster-postfix")
+    summary += ratio_line(R, "cluster ratio 1 node on PostgreSQL/file spool", "cluster-pg1", "cluster-spool")
     return details, summary
 
 

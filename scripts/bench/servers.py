@@ -7,6 +7,9 @@
   instance (`postfix -c ETC`, never the system's).
 * `write_sluice_config()` / `Sluice`: pipeline.conf from a `SluiceSetup` and the gateway.
 * `Sink`: smtp-sink as the relay next hop, its counter stamped by sink_watch.py.
+* `PostgreSQL`: the cluster scenario's one PostgreSQL server (Tests/integration/pgserver.py's
+  `PostgresServer`, data directory under the work dir), a fresh database per run; `QueueWatch`:
+  one psql session of a run that counts the rows of `sluice_messages`.
 * `DNSServer`, `Spamd`, `SpamassMilter`, `OpenDKIM`: the helper daemons.
 * `make_tls_cert()`, `make_messages()`: the certificate of the tls runs and the prepared
   messages (bench_message.py) of the auth, spam and milter runs.
@@ -17,11 +20,15 @@ did not start.  Everything is also in the harness's `Procs` registry (procs.py).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pwd
+import secrets
+import select
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +38,7 @@ from procs import HOST, BenchError, log, pid_alive, port_listening, tail, wait_p
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE.parent / "postfix"
+PGSERVER = HERE.parent.parent / "Tests" / "integration" / "pgserver.py"
 
 
 class Managed:
@@ -260,10 +268,14 @@ def write_sluice_config(path: Path, port: int, setup: SluiceSetup) -> None:
 
 
 class Sluice(Managed):
-    """The gateway of one run, in run_dir (pipeline.conf, spool/, mail/, sluice.log)."""
+    """The gateway of one run, in run_dir (pipeline.conf, spool/, mail/, sluice.log); `binary`
+    (SLUICE_BIN unless given) is the sluice executable, `port` (BENCH_SLUICE_PORT unless given)
+    its listener's."""
 
-    def __init__(self, b, run_dir: Path, setup: SluiceSetup):
+    def __init__(self, b, run_dir: Path, setup: SluiceSetup, binary: str | None = None, port: int | None = None):
         self.b, self.dir, self.setup, self.name = b, Path(run_dir), setup, Path(run_dir).name
+        self.binary = binary or b.cfg.sluice_bin
+        self.port = port or b.cfg.sluice_port
         self.conf, self.log = self.dir / "pipeline.conf", self.dir / "sluice.log"
         self.newdir = self.dir / "mail" / "example.test" / "bench" / "new"
         self.queue = QueueDirs(self.dir / "spool" / "queue", self.dir / "spool" / "tmp")
@@ -278,13 +290,13 @@ class Sluice(Managed):
         return self.child is not None and self.child.alive()
 
     def start(self):
-        port = self.b.cfg.sluice_port
+        port = self.port
         self.dir.mkdir(parents=True, exist_ok=True)
         write_sluice_config(self.conf, port, self.setup)
         if port_listening(port):
             raise BenchError(f"port {port} (sluice) is already in use")
         with open(self.log, "wb") as out:
-            self.child = self.b.procs.spawn("sluice", [self.b.cfg.sluice_bin, "run", "--config", self.conf],
+            self.child = self.b.procs.spawn("sluice", [self.binary, "run", "--config", self.conf],
                                             cwd=self.dir, stdout=out, stderr=out)
         if not wait_port(port, self.child.popen, timeout=30):
             what = (f"sluice is not listening on {HOST}:{port} after 30 s" if self.alive()
@@ -367,9 +379,237 @@ class Sink(Managed):
             last = n
         return last
 
+    def latest(self) -> int:
+        """count() from the events file's last line only (cheap enough to poll every 10 ms)."""
+        try:
+            with open(self.events, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 256))
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return 0
+        for line in reversed(lines):
+            t, _, n = line.partition(" ")
+            if n.strip().isdigit() and t.replace(".", "", 1).isdigit():
+                return int(n)
+        return 0
+
     def reached(self, want: int):
         """When the counter first reached `want` (epoch seconds), or None."""
         return next((t for t, n in self._events() if n >= want), None)
+
+
+# ---------------------------------------------------------------- PostgreSQL (the cluster runs)
+def _pgserver():
+    """Tests/integration/pgserver.py, imported from where it is (it imports pytest)."""
+    spec = importlib.util.spec_from_file_location("pgserver", PGSERVER)
+    if spec is None or spec.loader is None:
+        raise BenchError(f"cannot load {PGSERVER}")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except (ImportError, OSError) as e:
+        raise BenchError(f"cannot load {PGSERVER}: {e}") from None
+    return module
+
+
+class PostgreSQL(Managed):
+    """One PostgreSQL server for all the runs of a scenario: pgserver.py's PostgresServer
+    (initdb, its own loopback port, run as the `postgres` user, synchronous_commit = on), its
+    directory (data/, run/, postgres.log) made under `directory` on the work dir's file system.
+
+    Started by the first run that needs it (`ensure()`; a start that failed fails the later
+    runs with the same error) and stopped after the scenario's last run (b.start), or by
+    Procs.stop_all on any other way out.  `fresh()` before each run: a new database, then a
+    CHECKPOINT; `settle()` after it: a CHECKPOINT, so no run writes another's dirty pages."""
+    name = "postgresql"
+
+    def __init__(self, b, directory: Path):
+        self.b, self.dir = b, Path(directory)
+        self.server = None
+        self.postmaster = 0
+        self.version = ""
+        self.failed = ""
+
+    # what a run needs
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def password(self) -> str:
+        return self.server.password
+
+    def ensure(self) -> "PostgreSQL":
+        if self.failed:
+            raise BenchError(self.failed)
+        if self.server is None:
+            try:
+                self.b.start(self)
+            except BenchError as e:
+                self.failed = f"PostgreSQL did not start: {e}"
+                raise BenchError(self.failed) from None
+        return self
+
+    def _sql(self, statement: str, db: str | None = None) -> str:
+        try:
+            return self.server.sql(statement, db=db)
+        except (RuntimeError, subprocess.SubprocessError) as e:
+            raise BenchError(f"postgresql: {' '.join(str(e).split())[:300]}") from None
+
+    def fresh(self) -> None:
+        self._sql("CHECKPOINT", db="postgres")   # the database dropped next must not linger as dirty pages
+        try:
+            self.server.reset()
+        except (RuntimeError, subprocess.SubprocessError) as e:
+            raise BenchError(f"postgresql: a fresh database failed: {' '.join(str(e).split())[:300]}") from None
+        self._sql("CHECKPOINT")
+        self._sql("SELECT pg_stat_reset_shared('wal')")   # stats(): this run's WAL only
+
+    STATS = (("commits", "xact_commit"), ("rollbacks", "xact_rollback"), ("rows_inserted", "tup_inserted"),
+             ("rows_updated", "tup_updated"), ("rows_deleted", "tup_deleted"))
+    WAL = (("wal_records", "wal_records"), ("wal_bytes", "wal_bytes"), ("wal_writes", "wal_write"),
+           ("wal_syncs", "wal_sync"))
+
+    def stats(self) -> dict:
+        """What the run's database did (pg_stat_database, its counters start with the database)
+        and the server's WAL since fresh() (pg_stat_wal), read once the nodes' backends are gone
+        (a backend's counters reach the statistics when it exits)."""
+        deadline = time.monotonic() + 10
+        while (self._sql(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{self.server.DATABASE}' "
+                         "AND pid <> pg_backend_pid()", db="postgres").strip() not in ("", "0")
+               and time.monotonic() < deadline):
+            time.sleep(0.1)
+        cols = ", ".join([f"d.{c}" for _k, c in self.STATS] + [f"w.{c}" for _k, c in self.WAL])
+        row = self._sql(f"SELECT {cols} FROM pg_stat_database d, pg_stat_wal w "
+                        f"WHERE d.datname = '{self.server.DATABASE}'", db="postgres").strip().split("|")
+        keys = [k for k, _c in self.STATS + self.WAL]
+        try:
+            return {k: int(float(v)) for k, v in zip(keys, row)} if len(row) == len(keys) else {}
+        except ValueError:
+            return {}
+
+    def settle(self) -> None:
+        if self.server is not None and self.server.running:
+            self._sql("CHECKPOINT", db="postgres")
+
+    def postmaster_pid(self) -> int:
+        """The first line of data/postmaster.pid."""
+        try:
+            with open(os.path.join(self.server.data, "postmaster.pid")) as f:
+                return int(f.readline().strip())
+        except (OSError, ValueError, AttributeError):
+            return 0
+
+    # start and stop
+    def start(self):
+        module = _pgserver()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        saved = tempfile.tempdir
+        tempfile.tempdir = str(self.dir)   # PostgresServer makes its root with mkdtemp(): here
+        try:
+            self.server = module.PostgresServer(password=secrets.token_hex(12))
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            out = getattr(e, "stderr", "") or ""
+            raise BenchError(f"initdb failed: {' '.join(str(e).split())[:200]} {' '.join(out.split())[-200:]}") from None
+        finally:
+            tempfile.tempdir = saved
+        self.b.procs.track(self)
+        try:
+            self.server.start()
+        except (RuntimeError, subprocess.SubprocessError) as e:
+            raise BenchError(f"pg_ctl start failed: {tail(self.server.log)} {' '.join(str(e).split())[:200]}") from None
+        self.postmaster = self.postmaster_pid()
+        if not pid_alive(self.postmaster):
+            raise BenchError(f"no postmaster after pg_ctl start: {tail(self.server.log)}")
+        self.version = self._sql("SHOW server_version").strip()
+        self.b.meta["postgresql"] = {"version": self.version, "root": self.server.root, "port": self.server.port}
+        log(f"postgresql {self.version}: up on {HOST}:{self.server.port} (postmaster pid {self.postmaster}, "
+            f"data {self.server.data})")
+
+    def stop(self):
+        """pg_ctl stop (fast with BENCH_KEEP, which keeps the data directory; else immediate and
+        the directory removed); SIGKILL for a postmaster still there after 10 s.  Forgotten
+        only once it is done, so an interrupted stop is done again by Procs.stop_all."""
+        server = self.server
+        if server is None:
+            return
+        try:
+            if self.b.cfg.keep:
+                server.stop("fast")
+            else:
+                server.destroy()   # pg_ctl stop -m immediate, then its directory removed
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            log(f"postgresql: stopping it: {e}")
+        deadline = time.monotonic() + 10
+        while pid_alive(self.postmaster) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(self.postmaster):
+            log("postgresql did not stop, killing the postmaster")
+            for pid in [self.postmaster, *_descendants(self.postmaster)]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.server = None
+        self.b.procs.forget(self)
+
+
+class QueueWatch(Managed):
+    """One psql session (as the database's owner over its unix socket) for the end of a cluster
+    run: count() sends `SELECT count(*) FROM sluice_messages;` and reads the answer, so a poll
+    costs one query (well under a millisecond), not a new connection."""
+    MARK = "--end--"
+
+    def __init__(self, b, pg: PostgreSQL, errfile: Path):
+        self.b, self.pg, self.errfile = b, pg, Path(errfile)
+        self.child = None
+        self.buf = b""
+
+    def start(self):
+        s = self.pg.server
+        with open(self.errfile, "wb") as err:
+            self.child = self.b.procs.spawn("psql", [f"{s.bindir}/psql", "-h", s.sockets, "-p", s.port, "-U", s.USER,
+                                                     "-d", s.DATABASE, "-X", "-A", "-t", "-q"],
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        deadline = time.monotonic() + 30   # the nodes create the tables at start
+        while self.count() is None:
+            if time.monotonic() > deadline or not self.child.alive():
+                raise BenchError(f"psql cannot count sluice_messages: {tail(self.errfile)}")
+            time.sleep(0.2)
+
+    def count(self, timeout: float = 5) -> int | None:
+        """The rows of sluice_messages; None when the query failed or psql did not answer."""
+        if self.child is None or not self.child.alive():
+            return None
+        try:
+            os.write(self.child.popen.stdin.fileno(),
+                     f"SELECT count(*) FROM sluice_messages;\n\\echo {self.MARK}\n".encode())
+        except OSError:
+            return None
+        fd = self.child.popen.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while f"{self.MARK}\n".encode() not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return None
+            self.buf += chunk
+        answer, _, self.buf = self.buf.partition(f"{self.MARK}\n".encode())
+        lines = answer.decode(errors="replace").split()
+        return int(lines[-1]) if lines and lines[-1].isdigit() else None
+
+    def stop(self):
+        if self.child is not None:
+            try:
+                self.child.popen.stdin.close()
+            except OSError:
+                pass
+            self.b.procs.stop(self.child, grace=5)
+            self.child = None
 
 
 # ---------------------------------------------------------------- helper daemons
