@@ -85,6 +85,8 @@ extension ClusterSettings {
         switch psql.serverInfo?[.sqlState] {
         case "28P01", "28000": return .authentication(message)
         case "3D000": return .noDatabase(message)
+        // admin_shutdown, crash_shutdown, cannot_connect_now: the server is stopping or starting
+        case "57P01", "57P02", "57P03": return .unreachable(message)
         case .some: return .other(message)
         case nil:
             if psql.code == .connectionError || psql.code == .serverClosedConnection || psql.code == .clientClosedConnection {

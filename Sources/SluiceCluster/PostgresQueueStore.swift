@@ -16,8 +16,10 @@ import Synchronization
 /// Delivery claims due messages in batches (`FOR UPDATE SKIP LOCKED`) with a lease (owner and
 /// expiry) that this node renews while it works; a claim nobody renews for `lease_s` passes to
 /// another node, so a node that dies delays its mail by at most that long and loses none.
-/// Every outcome is written before the claim ends (the message's row is deleted, or made due
-/// again later): delivery is at least once. `NOTIFY sluice_due` wakes idle nodes when work
+/// A retry writes the recipients' outcomes in the transaction that ends its claim, and a
+/// delivered message's row is deleted (in batches under load): delivery is at least once.
+/// Messages of one chunk are stored in batches too, and a small message's content is read with
+/// its claim, so a message costs PostgreSQL few statements and fewer commits. `NOTIFY sluice_due` wakes idle nodes when work
 /// arrives; without it they still look every second.
 public final class PostgresQueueStore: QueueStore, QueueInspection {
     /// Where a message is.
@@ -34,7 +36,45 @@ public final class PostgresQueueStore: QueueStore, QueueInspection {
     private let leaseSeconds: Int
     private let logger: Logger
     /// Messages this node claimed and has not ended.
-    private let held = Mutex<Set<String>>([])
+    private let held = Mutex<[String: Claim]>([:])
+    /// Received messages of one chunk, stored together (one statement and one commit for all
+    /// the messages that arrive while the previous batch is on its way).
+    private let inserts: GroupCommit<Insert>
+    /// Delivered messages, deleted together.
+    private let completions: GroupCommit<String>
+    /// `NOTIFY sluice_due` after new work was committed, one at a time however many messages.
+    private let notifications: GroupCommit<Void>
+
+    /// What this node knows of a message it claimed.
+    struct Claim {
+        /// Until when the lease surely holds (measured from before the statement that took or
+        /// renewed it was sent).
+        var leaseUntil: ContinuousClock.Instant
+        /// The row as the claim returned it, until `claim(_:)` takes it.
+        var row: ClaimedRow?
+        /// The content of a small message, read with the claim.
+        var content: [UInt8]?
+    }
+
+    /// A message's row as `claimBatch` read it.
+    struct ClaimedRow {
+        var envelope: ByteBuffer
+        var contentLength: Int
+        var attempts: Int
+        var warned: Bool
+        /// Recipients were resolved by earlier attempts (read at `claim(_:)`).
+        var hasOutcomes: Bool
+    }
+
+    /// A message of at most one chunk, waiting for its batch.
+    struct Insert: Sendable {
+        var id: String
+        var state: State
+        var envelope: ByteBuffer
+        var length: Int
+        var received: Double
+        var content: ByteBuffer
+    }
     /// Set by `finish()`: no more claims.
     private let finished = Atomic<Bool>(false)
     /// Wakes the claim loop (work was announced, flushed or notified).
@@ -51,6 +91,9 @@ public final class PostgresQueueStore: QueueStore, QueueInspection {
     static let claimDeadline = 3.0
     /// The NOTIFY channel of new due work.
     static let dueChannel = "sluice_due"
+    /// Content of at most this many octets is read with the claim (at most `claimLimit` times
+    /// this in memory).
+    static let inlineLimit = 32 * 1024
 
     /// - Parameter scratch: the node-local spool where drafts are received (its `tmp/`).
     public init(client: PostgresClient, node: String, leaseSeconds: Int, scratch: Spool, logger: Logger) {
@@ -61,6 +104,20 @@ public final class PostgresQueueStore: QueueStore, QueueInspection {
         self.logger = logger
         (due, input) = AsyncStream<String>.makeStream()
         (wakeUps, wakeUp) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        // Each batch is bounded by the deadline: its waiters hear the timeout, not nothing.
+        inserts = GroupCommit { batch in
+            try await withDeadline(Self.commitDeadline) { try await Self.insert(batch, client: client, logger: logger) }
+        }
+        completions = GroupCommit { ids in
+            try await withDeadline(Self.commitDeadline) {
+                _ = try await client.query("DELETE FROM sluice_messages WHERE id = ANY(\(ids))", logger: logger)
+            }
+        }
+        notifications = GroupCommit { _ in
+            try await withDeadline(Self.commitDeadline) {
+                _ = try await client.query("SELECT pg_notify(\(Self.dueChannel), '')", logger: logger)
+            }
+        }
     }
 
     // MARK: Receiving
@@ -87,23 +144,64 @@ public final class PostgresQueueStore: QueueStore, QueueInspection {
 
     public func announce(_ id: String) { wakeUp.yield() }
 
-    /// Stores a message in one transaction: its row, its content in chunks, and (for a queued
-    /// one) the notification that wakes the other nodes, sent when the transaction commits.
+    /// Stores a message durably: its row and its content in chunks, in one transaction (a
+    /// message of one chunk in a batch with others received meanwhile), then tells the other
+    /// nodes of a queued one.
     func insert(envelope: SpoolEnvelope, content: DraftContent, state: State) async throws {
         let json = ByteBuffer(bytes: try SpoolFileFormat.encodeEnvelope(envelope))
         let (id, length, received) = (envelope.id, envelope.size, envelope.receivedAt)
         defer { if case .file(let path, _) = content { try? FileIO.unlink(path) } }
         do {
-            try await withDeadline(Self.commitDeadline) {
-                try await self.store(id: id, json: json, length: length, received: received, content: content, state: state)
+            if let single = try Self.singleChunk(of: content) {
+                try await inserts.submit(Insert(id: id, state: state, envelope: json, length: length, received: received, content: single))
+            } else {
+                try await withDeadline(Self.commitDeadline) {
+                    try await self.store(id: id, json: json, length: length, received: received, content: content, state: state)
+                }
             }
         } catch {
             if case .unreachable = ClusterSettings.classify(error) { note(reachable: false, error) }
             throw error
         }
-        if state == .queued { wakeUp.yield() }
+        if state == .queued {
+            wakeUp.yield()
+            notifications.post(())
+        }
     }
 
+    /// The content when it fits in one chunk (read from its file), nil when it does not.
+    private static func singleChunk(of content: DraftContent) throws -> ByteBuffer? {
+        switch content {
+        case .memory(let buffer):
+            return buffer.readableBytes <= chunkSize ? buffer : nil
+        case .file(let path, let length):
+            guard length <= chunkSize else { return nil }
+            let fd = try FileIO.openRead(path)
+            defer { close(fd) }
+            let bytes = try FileIO.pread(fd, count: length, offset: 0, path: path)
+            guard bytes.count == length else { throw SpoolError.corrupt(path, "shorter than \(length) octets") }
+            return ByteBuffer(bytes: bytes)
+        }
+    }
+
+    /// Messages of at most one chunk each, in one statement (one commit).
+    private static func insert(_ batch: [Insert], client: PostgresClient, logger: Logger) async throws {
+        let ids = batch.map(\.id)
+        try await client.query("""
+            WITH m AS (
+                INSERT INTO sluice_messages (id, state, envelope, content_length, received_at)
+                SELECT u.id, u.state, u.envelope, u.length, to_timestamp(u.received)
+                FROM unnest(\(ids)::text[], \(batch.map(\.state.rawValue))::text[], \(batch.map(\.envelope))::bytea[],
+                            \(batch.map(\.length))::int8[], \(batch.map(\.received))::float8[])
+                    AS u(id, state, envelope, length, received)
+                RETURNING id)
+            INSERT INTO sluice_chunks (message_id, seq, data)
+            SELECT c.id, 0, c.data FROM unnest(\(ids)::text[], \(batch.map(\.content))::bytea[]) AS c(id, data)
+            JOIN m ON m.id = c.id WHERE length(c.data) > 0
+            """, logger: logger)
+    }
+
+    /// A message of several chunks, in a transaction of its own.
     private func store(id: String, json: ByteBuffer, length: Int, received: Double, content: DraftContent, state: State) async throws {
         let logger = self.logger
         try await client.withTransaction(logger: logger) { connection in
@@ -117,7 +215,6 @@ public final class PostgresQueueStore: QueueStore, QueueInspection {
                     "INSERT INTO sluice_chunks (message_id, seq, data) VALUES (\(id), \(seq), \(chunk))", logger: logger)
                 seq += 1
             }
-            if state == .queued { try await connection.query("SELECT pg_notify(\(Self.dueChannel), '')", logger: logger) }
         }
     }
 
@@ -194,22 +291,30 @@ public final class PostgresQueueStore: QueueStore, QueueInspection {
         }
     }
 
-    /// Claims up to `limit` due messages for this node.
+    /// Claims up to `limit` due messages for this node, reading each one's row (and the
+    /// content of a small one) in the same statement; returns their ids.
     func claimBatch(_ limit: Int) async throws -> [String] {
         let (node, lease, log) = (self.node, Double(leaseSeconds), self.logger)
-        var ids: [String] = []
-        for try await id in try await client.query("""
-            UPDATE sluice_messages SET claimed_by = \(node), lease_until = now() + make_interval(secs => \(lease))
-            WHERE id IN (
+        let sent = ContinuousClock.now
+        var claims: [(String, Claim)] = []
+        for try await (id, envelope, length, attempts, warned, hasOutcomes, content) in try await client.query("""
+            UPDATE sluice_messages m SET claimed_by = \(node), lease_until = now() + make_interval(secs => \(lease))
+            WHERE m.id IN (
                 SELECT id FROM sluice_messages
                 WHERE state = 'queued' AND due_at <= now() AND (claimed_by IS NULL OR lease_until < now())
                 ORDER BY due_at LIMIT \(limit) FOR UPDATE SKIP LOCKED)
-            RETURNING id
-            """, logger: log).decode(String.self) {
-            ids.append(id)
+            RETURNING m.id, m.envelope, m.content_length, m.attempts, m.warned,
+                EXISTS (SELECT 1 FROM sluice_outcomes o WHERE o.message_id = m.id AND o.recipient >= 0),
+                (SELECT c.data FROM sluice_chunks c WHERE c.message_id = m.id AND c.seq = 0 AND m.content_length <= \(Self.inlineLimit))
+            """, logger: log).decode((String, ByteBuffer, Int, Int, Bool, Bool, ByteBuffer?).self) {
+            let row = ClaimedRow(envelope: envelope, contentLength: length, attempts: attempts, warned: warned, hasOutcomes: hasOutcomes)
+            let inline = content.map { Array($0.readableBytesView) } ?? (length == 0 ? [] : nil)
+            claims.append((id, Claim(leaseUntil: sent + .seconds(leaseSeconds), row: row, content: inline)))
         }
-        held.withLock { $0.formUnion(ids) }
-        return ids
+        held.withLock { held in
+            for (id, claim) in claims { held[id] = claim }
+        }
+        return claims.map(\.0)
     }
 
     /// Wakes the claim loop every second (retry times coming due, leases other nodes let go).
@@ -235,6 +340,9 @@ public final class PostgresQueueStore: QueueStore, QueueInspection {
                 if Task.isCancelled { return }
                 if !failing { logger.notice("cluster: LISTEN interrupted", metadata: ["error": "\(String(reflecting: error))"]) }
                 failing = true
+                // The first to notice a server going away: MAIL gets 451 until a claim succeeds
+                // again (every second).
+                if case .unreachable = ClusterSettings.classify(error) { note(reachable: false, error) }
             }
             try? await Task.sleep(for: .seconds(1))
         }
@@ -246,15 +354,23 @@ public final class PostgresQueueStore: QueueStore, QueueInspection {
         while !Task.isCancelled && !finished.load(ordering: .relaxed) {
             try? await Task.sleep(for: interval)
             if Task.isCancelled || finished.load(ordering: .relaxed) { return }
-            let ids = held.withLock { Array($0) }
+            let ids = held.withLock { Array($0.keys) }
             let (node, lease, log) = (self.node, Double(leaseSeconds), self.logger)
+            let sent = ContinuousClock.now
             do {
                 try await client.query("UPDATE sluice_nodes SET heartbeat_at = now() WHERE name = \(node)", logger: log)
                 if !ids.isEmpty {
-                    try await client.query("""
+                    var renewed: [String] = []
+                    for try await id in try await client.query("""
                         UPDATE sluice_messages SET lease_until = now() + make_interval(secs => \(lease))
-                        WHERE claimed_by = \(node) AND id = ANY(\(ids))
-                        """, logger: log)
+                        WHERE claimed_by = \(node) AND id = ANY(\(ids)) RETURNING id
+                        """, logger: log).decode(String.self) {
+                        renewed.append(id)
+                    }
+                    let until = sent + .seconds(leaseSeconds)
+                    held.withLock { held in
+                        for id in renewed { held[id]?.leaseUntil = until }
+                    }
                 }
             } catch {
                 log.warning("cluster: cannot renew leases", metadata: ["error": "\(String(reflecting: error))"])
@@ -262,12 +378,25 @@ public final class PostgresQueueStore: QueueStore, QueueInspection {
         }
     }
 
+    /// The message as the claim read it while its lease surely holds; otherwise (or when the
+    /// claim did not read it) from PostgreSQL, if this node's claim still stands.
     public func claim(_ id: String) async throws -> QueuedMessage? {
+        let margin = Duration.seconds(Double(leaseSeconds) / 10)
+        let taken: ClaimedRow? = held.withLock { held in
+            guard let claim = held[id], ContinuousClock.now + margin < claim.leaseUntil else { return nil }
+            held[id]?.row = nil
+            return claim.row
+        }
         do {
-            return try await load(id)
+            if let taken {
+                let envelope = try JSONDecoder().decode(SpoolEnvelope.self, from: Data(taken.envelope.readableBytesView))
+                let resolved = taken.hasOutcomes ? try await withDeadline(Self.commitDeadline) { try await self.outcomes(of: id) } : [:]
+                return QueuedMessage(envelope: envelope, contentLength: taken.contentLength, resolved: resolved, warned: taken.warned, attempts: taken.attempts)
+            }
+            return try await withDeadline(Self.commitDeadline) { try await self.load(id) }
         } catch {
             // Its lease is no longer renewed: when it runs out, a node claims the message again.
-            held.withLock { _ = $0.remove(id) }
+            held.withLock { _ = $0.removeValue(forKey: id) }
             throw error
         }
     }
@@ -277,18 +406,23 @@ public final class PostgresQueueStore: QueueStore, QueueInspection {
         var found: (ByteBuffer, Int, Int, Bool)?
         for try await row in try await client.query("""
             SELECT envelope, content_length, attempts, warned FROM sluice_messages
-            WHERE id = \(id) AND claimed_by = \(node) AND state = 'queued'
+            WHERE id = \(id) AND claimed_by = \(node) AND state = 'queued' AND lease_until > now()
             """, logger: log).decode((ByteBuffer, Int, Int, Bool).self) {
             found = row
         }
         guard let (json, length, attempts, warned) = found else {
-            held.withLock { _ = $0.remove(id) }
+            held.withLock { _ = $0.removeValue(forKey: id) }
             return nil
         }
         let envelope = try JSONDecoder().decode(SpoolEnvelope.self, from: Data(json.readableBytesView))
+        return QueuedMessage(envelope: envelope, contentLength: length, resolved: try await outcomes(of: id), warned: warned, attempts: attempts)
+    }
+
+    /// What earlier attempts decided, by recipient.
+    private func outcomes(of id: String) async throws -> [Int: RecipientResolution] {
         var resolved: [Int: RecipientResolution] = [:]
         for try await (index, delivered, reply) in try await client.query(
-            "SELECT recipient, delivered, reply FROM sluice_outcomes WHERE message_id = \(id) AND recipient >= 0", logger: log
+            "SELECT recipient, delivered, reply FROM sluice_outcomes WHERE message_id = \(id) AND recipient >= 0", logger: logger
         ).decode((Int, Bool, String?).self) {
             if delivered {
                 resolved[index] = .delivered
@@ -296,62 +430,77 @@ public final class PostgresQueueStore: QueueStore, QueueInspection {
                 resolved[index] = .failed(reply)
             }
         }
-        return QueuedMessage(envelope: envelope, contentLength: length, resolved: resolved, warned: warned, attempts: attempts)
+        return resolved
     }
 
     public func content(of message: QueuedMessage) -> MessageContent {
-        let (client, id, log) = (self.client, message.id, self.logger)
+        let (client, id, length, log) = (self.client, message.id, message.contentLength, self.logger)
+        if let inline = held.withLock({ $0[id]?.content }) {
+            return .chunks(MessageBody(bytes: inline), length: length)
+        }
         let body = MessageBody {
-            var seq = 0
+            var (seq, read) = (0, 0)
             return {
-                var chunk: [UInt8]?
-                for try await data in try await client.query(
-                    "SELECT data FROM sluice_chunks WHERE message_id = \(id) AND seq = \(seq)", logger: log
-                ).decode(ByteBuffer.self) {
-                    chunk = Array(data.readableBytesView)
+                guard read < length else { return nil }
+                let at = seq
+                let chunk: [UInt8]? = try await withDeadline(Self.commitDeadline) {
+                    var chunk: [UInt8]?
+                    for try await data in try await client.query(
+                        "SELECT data FROM sluice_chunks WHERE message_id = \(id) AND seq = \(at)", logger: log
+                    ).decode(ByteBuffer.self) {
+                        chunk = Array(data.readableBytesView)
+                    }
+                    return chunk
                 }
+                // Gone: another node took the message over (this node's lease lapsed) and ended
+                // it. The transport must abort, not send what it has so far as the whole message.
+                guard let chunk, !chunk.isEmpty else { throw ContentGone(id: id, offset: read) }
                 seq += 1
+                read += chunk.count
                 return chunk
             }
         }
-        return .chunks(body, length: message.contentLength)
+        return .chunks(body, length: length)
     }
 
-    public func record(_ message: QueuedMessage, _ resolutions: [(Int, RecipientResolution)], warned: Bool) async throws {
-        let (id, log) = (message.id, self.logger)
-        try await client.withTransaction(logger: log) { connection in
-            for (index, resolution) in resolutions {
-                let (delivered, reply): (Bool, String?)
-                switch resolution {
-                case .delivered: (delivered, reply) = (true, nil)
-                case .failed(let r): (delivered, reply) = (false, r.description.replacingNewlines())
-                }
-                try await connection.query("""
-                    INSERT INTO sluice_outcomes (message_id, recipient, delivered, reply)
-                    VALUES (\(id), \(index), \(delivered), \(reply)) ON CONFLICT DO NOTHING
-                    """, logger: log)
-            }
-            if warned { try await connection.query("UPDATE sluice_messages SET warned = true WHERE id = \(id)", logger: log) }
-        }
-    }
-
-    public func retry(_ message: QueuedMessage, after delay: Duration, domains: Set<String>) async throws {
+    public func retry(_ message: QueuedMessage, resolved: [(Int, RecipientResolution)], warned: Bool, after delay: Duration, domains: Set<String>) async throws {
         let (id, node, log) = (message.id, self.node, self.logger)
         let seconds = Double(delay.components.seconds) + Double(delay.components.attoseconds) / 1e18
         // However this ends, this node stops renewing the claim: if the update fails, the lease
         // runs out and a node claims the message again.
-        defer { held.withLock { _ = $0.remove(id) } }
-        try await client.query("""
-            UPDATE sluice_messages SET due_at = now() + make_interval(secs => \(seconds)), attempts = attempts + 1,
-                domains = \(Array(domains).sorted()), claimed_by = NULL, lease_until = NULL
-            WHERE id = \(id) AND claimed_by = \(node)
-            """, logger: log)
+        defer { held.withLock { _ = $0.removeValue(forKey: id) } }
+        // The outcomes and the end of the claim in one transaction: a retry never repeats a
+        // recipient resolved here, and a node whose claim was lost writes nothing.
+        try await withDeadline(Self.commitDeadline) {
+            try await self.client.withTransaction(logger: log) { connection in
+                var ended = false
+                for try await _ in try await connection.query("""
+                    UPDATE sluice_messages SET due_at = now() + make_interval(secs => \(seconds)), attempts = attempts + 1,
+                        domains = \(Array(domains).sorted()), claimed_by = NULL, lease_until = NULL, warned = warned OR \(warned)
+                    WHERE id = \(id) AND claimed_by = \(node) RETURNING id
+                    """, logger: log).decode(String.self) {
+                    ended = true
+                }
+                guard ended else { return }
+                for (index, resolution) in resolved {
+                    let (delivered, reply): (Bool, String?)
+                    switch resolution {
+                    case .delivered: (delivered, reply) = (true, nil)
+                    case .failed(let r): (delivered, reply) = (false, r.description.replacingNewlines())
+                    }
+                    try await connection.query("""
+                        INSERT INTO sluice_outcomes (message_id, recipient, delivered, reply)
+                        VALUES (\(id), \(index), \(delivered), \(reply)) ON CONFLICT DO NOTHING
+                        """, logger: log)
+                }
+            }
+        }
     }
 
     public func complete(_ message: QueuedMessage) async throws {
         try CrashPoint.reached(.delivered)
-        try await client.query("DELETE FROM sluice_messages WHERE id = \(message.id)", logger: logger)
-        held.withLock { _ = $0.remove(message.id) }
+        defer { held.withLock { _ = $0.removeValue(forKey: message.id) } }
+        try await completions.submit(message.id)
     }
 
     public func enqueueGenerated(content: [UInt8], envelope: SpoolEnvelope) async throws {
@@ -453,4 +602,11 @@ public final class PostgresQueueStore: QueueStore, QueueInspection {
         for try await _ in try await client.query(statement, logger: logger).decode(String.self) { changed = true }
         if !changed { throw QueueControl.Failure.noSuchMessage(id) }
     }
+}
+
+/// A message's content rows were not there when its delivery read them.
+struct ContentGone: Error, CustomStringConvertible {
+    var id: String
+    var offset: Int
+    var description: String { "the content of \(id) is gone from PostgreSQL at octet \(offset) (another node ended the message)" }
 }

@@ -258,12 +258,11 @@ public final class DeliveryAgent: Sendable {
                 if let noticeID = try await bounces.write(for: message, content: store.content(of: message), entries: notice) {
                     logger.info("delivery notice queued", metadata: ["queue_id": "\(id)", "notice_id": "\(noticeID)"])
                 }
-                try await store.record(message, newly, warned: warned)
                 let delay = policy.backoff(attempt: message.attempts + 1)
                 logger.notice("deferred", metadata: ["queue_id": "\(id)", "retry_in": "\(delay)"])
                 let domains = Set(envelope.recipients.indices.filter { outcomes[$0].map { if case .deferred = $0 { true } else { false } } ?? false }
                     .map { envelope.recipients[$0].address.normalizedDomain })
-                try await store.retry(message, after: delay, domains: domains)
+                try await store.retry(message, resolved: newly, warned: warned, after: delay, domains: domains)
                 return
             }
             var failed: [DeliveryReport.Entry] = []
@@ -294,7 +293,7 @@ public final class DeliveryAgent: Sendable {
         } catch {
             logger.error("delivery bookkeeping failed, will retry", metadata: ["queue_id": "\(id)", "error": "\(error)"])
             do {
-                try await store.retry(message, after: policy.minBackoff, domains: Set(envelope.recipients.map(\.address.normalizedDomain)))
+                try await store.retry(message, resolved: [], warned: false, after: policy.minBackoff, domains: Set(envelope.recipients.map(\.address.normalizedDomain)))
             } catch {
                 // The store will hand the message out again (a file store at its next start, a
                 // database store when the claim's lease runs out).

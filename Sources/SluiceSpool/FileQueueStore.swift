@@ -80,15 +80,13 @@ public final class FileQueueStore: QueueStore, QueueInspection {
         .file(path: layout.queueFile(message.id), length: message.contentLength)
     }
 
-    public func record(_ message: QueuedMessage, _ resolutions: [(Int, RecipientResolution)], warned: Bool) async throws {
-        var entries = resolutions
+    public func retry(_ message: QueuedMessage, resolved: [(Int, RecipientResolution)], warned: Bool, after delay: Duration, domains: Set<String>) async throws {
+        var entries = resolved
         if warned { entries.append((DeliveryState.warnedKey, .delivered)) }
-        guard !entries.isEmpty else { return }
-        let (layout, id, records) = (self.layout, message.id, entries)
-        try await threadPool.runIfActive { try DeliveryState.append(layout, id, records) }
-    }
-
-    public func retry(_ message: QueuedMessage, after delay: Duration, domains: Set<String>) async throws {
+        if !entries.isEmpty {
+            let (layout, id, records) = (self.layout, message.id, entries)
+            try await threadPool.runIfActive { try DeliveryState.append(layout, id, records) }
+        }
         schedule(message, after: delay, domains: domains)
     }
 

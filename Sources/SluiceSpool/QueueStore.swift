@@ -36,12 +36,11 @@ public protocol QueueStore: AnyObject, Sendable {
     func claim(_ id: String) async throws -> QueuedMessage?
     /// Where a transport reads the claimed message's content.
     func content(of message: QueuedMessage) -> MessageContent
-    /// Records recipients resolved while others stay deferred (and, with `warned`, that the
-    /// delay warning went out), durably, so a retry never repeats them.
-    func record(_ message: QueuedMessage, _ resolutions: [(Int, RecipientResolution)], warned: Bool) async throws
-    /// Ends the attempt with recipients still deferred: the message is due again after `delay`
-    /// (or at a flush, or an ETRN for one of `domains`).
-    func retry(_ message: QueuedMessage, after delay: Duration, domains: Set<String>) async throws
+    /// Ends the attempt with recipients still deferred: records durably the recipients it
+    /// resolved (and, with `warned`, that the delay warning went out), so a retry never repeats
+    /// them, and makes the message due again after `delay` (or at a flush, or an ETRN for one of
+    /// `domains`). A store that can does both in one step.
+    func retry(_ message: QueuedMessage, resolved: [(Int, RecipientResolution)], warned: Bool, after delay: Duration, domains: Set<String>) async throws
     /// Ends the message: every recipient is resolved; it leaves the queue.
     func complete(_ message: QueuedMessage) async throws
     /// Queues a message the gateway wrote itself (a bounce or a notice), as durably as a received

@@ -83,6 +83,36 @@ struct PostgresQueueStoreTests {
         }
     }
 
+    /// Messages stored at once go in batches; each keeps its own content, whatever its size
+    /// (empty, read with the claim, at the edges of the inline limit and of a chunk).
+    @Test func messagesStoredTogetherKeepTheirOwnContent() async throws {
+        try await withStores(["mx1"]) { stores, client in
+            let store = stores[0]
+            let (inline, chunk) = (PostgresQueueStore.inlineLimit, PostgresQueueStore.chunkSize)
+            let sizes = [0, 1, 77, inline - 1, inline, inline + 1, chunk, chunk + 1] + Array(repeating: 300, count: 32)
+            func bytes(_ i: Int) -> [UInt8] { (0..<sizes[i]).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ i) } }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in sizes.indices {
+                    group.addTask { try await store.enqueueGenerated(content: bytes(i), envelope: Self.envelope("B\(i)")) }
+                }
+                try await group.waitForAll()
+            }
+            #expect(try await count(client, "sluice_messages") == sizes.count)
+            let ids = try await store.claimBatch(100)
+            #expect(Set(ids) == Set(sizes.indices.map { "B\($0)" }))
+            for i in sizes.indices {
+                let message = try #require(try await store.claim("B\(i)"))
+                #expect(message.contentLength == sizes[i])
+                let content = store.content(of: message)
+                #expect(try await content.chunks(threadPool: .singleton).collect() == bytes(i), "message \(i) of \(sizes[i]) octets")
+                #expect(try await content.chunks(threadPool: .singleton).collect() == bytes(i), "read twice")
+                try await store.complete(message)
+            }
+            #expect(try await count(client, "sluice_messages") == 0)
+            #expect(try await count(client, "sluice_chunks") == 0)
+        }
+    }
+
     @Test func twoNodesNeverClaimTheSameMessage() async throws {
         try await withStores(["mx1", "mx2"]) { stores, _ in
             for i in 0..<60 { try await stores[0].enqueueGenerated(content: Array("m\(i)\r\n".utf8), envelope: Self.envelope("C\(i)")) }
@@ -115,8 +145,7 @@ struct PostgresQueueStoreTests {
             _ = try await store.claimBatch(10)
             let first = try #require(try await store.claim("R1"))
             let refusal = SMTPReply(550, "5.1.1", "no such user")
-            try await store.record(first, [(0, .delivered), (1, .failed(refusal))], warned: true)
-            try await store.retry(first, after: .seconds(3600), domains: ["c.test"])
+            try await store.retry(first, resolved: [(0, .delivered), (1, .failed(refusal))], warned: true, after: .seconds(3600), domains: ["c.test"])
             #expect(try await store.claimBatch(10).isEmpty, "not due before its retry time")
             #expect(try await store.flush(domain: "b.test") == 0)
             #expect(try await store.flush(domain: "C.TEST") == 1)

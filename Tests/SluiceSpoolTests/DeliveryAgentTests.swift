@@ -71,15 +71,10 @@ final class MemoryQueueStore: QueueStore {
         return .chunks(body, length: bytes.count)
     }
 
-    func record(_ message: QueuedMessage, _ resolutions: [(Int, RecipientResolution)], warned: Bool) async throws {
+    func retry(_ message: QueuedMessage, resolved: [(Int, RecipientResolution)], warned: Bool, after delay: Duration, domains: Set<String>) async throws {
         state.withLock { s in
-            for (i, r) in resolutions { s.messages[message.id]?.resolved[i] = r }
+            for (i, r) in resolved { s.messages[message.id]?.resolved[i] = r }
             if warned { s.messages[message.id]?.warned = true }
-        }
-    }
-
-    func retry(_ message: QueuedMessage, after delay: Duration, domains: Set<String>) async throws {
-        state.withLock { s in
             s.messages[message.id]?.attempts = message.attempts + 1
             s.retried.append((message.id, delay, domains))
         }

@@ -130,7 +130,7 @@ class Transaction:
     pipelined: bool | None = None
     smtputf8: bool = False
     data: bytes | None = None                       # un-dot-stuffed content (complete only)
-    raw_data: bytes = b""                           # bytes on the wire after the 354
+    raw_data: bytes | bytearray = b""               # bytes on the wire after the 354
     data_complete: bool = False
     final_replies: dict = field(default_factory=dict)   # addr -> final reply (after the dot)
     delivered_to: list = field(default_factory=list)    # addrs with a final 2xx
@@ -385,7 +385,8 @@ class _Session:
         self.conn = conn
         self.reader = reader
         self.writer = writer
-        self.buf = b""
+        self._buf = b""      # read, with the unread part from _pos (see `buf`)
+        self._pos = 0
         self.eof = False
         self.txn: Transaction | None = None
         self.esmtp = False
@@ -409,14 +410,25 @@ class _Session:
         self.buf += chunk
         return True
 
+    @property
+    def buf(self) -> bytes:
+        """What was read and not yet taken."""
+        return self._buf[self._pos:]
+
+    @buf.setter
+    def buf(self, value: bytes) -> None:
+        self._buf, self._pos = value, 0
+
     async def readline(self) -> bytes:
-        while b"\n" not in self.buf:
-            if len(self.buf) > 100000:
+        # a position in the buffer, not a copy of the rest per line (quadratic for 50 MB of data)
+        while (i := self._buf.find(b"\n", self._pos)) < 0:
+            if len(self._buf) - self._pos > 100000:
                 raise _Closed()
             if not await self._fill():
                 raise _Closed()
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line + b"\n"
+        line = self._buf[self._pos:i + 1]
+        self._pos = i + 1
+        return line
 
     async def write(self, data: bytes):
         self.conn.raw_out += data
@@ -705,12 +717,12 @@ class _Session:
         if drop:
             nh.drop_in_data -= 1
         raw = bytearray()
+        t.raw_data = raw        # grows as the data arrives (a copy per line is quadratic for 50 MB)
         data = bytearray()
         lines = 0
         while True:
             line = await self.readline()
             raw += line
-            t.raw_data = bytes(raw)
             lines += 1
             if drop and lines >= 3:
                 # mid-DATA: the client has started sending content; hang up without a reply

@@ -8,6 +8,7 @@ import time
 from conftest import run_cli
 from nexthop import FAST_QUEUE, nexthop_factory, relay_routes, submit  # noqa: F401
 from pgserver import postgres, postgres_server, wait_for  # noqa: F401
+from test_streaming_memory import peak_growth_mb
 
 
 def cluster_table(pg, node: str, lease_s: int = 5, password_file: str | None = "pg.pass", url: str | None = None) -> str:
@@ -18,8 +19,8 @@ def cluster_table(pg, node: str, lease_s: int = 5, password_file: str | None = "
 
 
 def node(gateway_factory, pg, name: str, routes=None, lease_s: int = 5, start: bool = True, queue: str = FAST_QUEUE,
-         stages=None):
-    gw = gateway_factory(routes=routes, stages=stages, extra=queue + cluster_table(pg, name, lease_s), start=False)
+         stages=None, **kw):
+    gw = gateway_factory(routes=routes, stages=stages, extra=queue + cluster_table(pg, name, lease_s), start=False, **kw)
     (gw.dir / "pg.pass").write_text(pg.password + "\n")
     if start:
         gw.start()
@@ -141,6 +142,29 @@ def test_a_large_message_is_stored_in_bounded_chunks(gateway_factory, postgres, 
     nh.wait_for(lambda: msgid in nh.delivered_ids(), 30, "the big message at the next hop")
     got = [t for t in nh.transactions if t.message_id == msgid][0]
     assert body.encode() in got.data.replace(b"\r\n", b"\r\n")
+
+
+def test_a_50mb_message_keeps_the_nodes_rss_bounded(gateway_factory, postgres, nexthop_factory):
+    """Content streams into PostgreSQL in chunks and out of it to the next hop: a 50 MB message
+    raises the node's RSS by less than ~10 MB (the issue's bound), receiving and delivering."""
+    nh = nexthop_factory()
+    gw = node(gateway_factory, postgres, "mx1", routes=relay_routes(("relay.test", nh.url)), max_message_bytes=60_000_000)
+    _, _, small = submit(gw, ["warm@relay.test"])   # lazily allocated buffers go in the baseline
+    nh.wait_for(lambda: small in nh.delivered_ids(), 15, "the small message at the next hop")
+    time.sleep(0.3)
+    line = "x" * 76 + "\r\n"
+    body = line * (50_000_000 // len(line))
+    got = {}
+
+    def big():
+        _, _, got["msgid"] = submit(gw, ["big@relay.test"], body=body)
+        nh.wait_for(lambda: got["msgid"] in nh.delivered_ids(), 120, "the 50 MB message at the next hop")
+        wait_for(lambda: rows(postgres, "SELECT count(*) FROM sluice_messages") == ["0"], 30, "the queue to empty")
+    growth_mb = peak_growth_mb(gw.proc.pid, big)
+    print(f"\nRSS growth {growth_mb:.1f} MB for a 50 MB message through PostgreSQL")
+    delivered = [t for t in nh.transactions if t.message_id == got["msgid"] and t.delivered_to][0]
+    assert len(delivered.data) > 49_000_000 and body.encode() in delivered.data
+    assert growth_mb < 10, f"RSS grew by {growth_mb:.1f} MB while a 50 MB message went through PostgreSQL"
 
 
 def test_queue_cli_works_against_postgres(gateway_factory, postgres, nexthop_factory):
